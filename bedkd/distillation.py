@@ -1,0 +1,97 @@
+"""Teacher-student distillation passes shared by DMM (detect) and AKD (distill).
+
+The teacher is frozen, so its logits and last hidden states are computed once per row set and
+reused by every epoch / cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bedkd.config import DistillLoss
+from bedkd.losses import distill_loss
+from bedkd.modeling import Classifier, Encoded, Outputs, infer, pad_id_of, train_batches
+from bedkd.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class DistillSet:
+    """Rows to distil on, with the frozen teacher's cached outputs."""
+
+    enc: Encoded
+    teacher: Outputs
+
+    def __len__(self) -> int:
+        return len(self.enc)
+
+
+def with_teacher(teacher: Classifier, enc: Encoded, runtime: Runtime, batch_size: int, hidden: bool) -> DistillSet:
+    out = infer(teacher.model, enc, runtime, batch_size, pad_id_of(teacher.tokenizer), hidden=hidden)
+    return DistillSet(enc, out)
+
+
+def _pad_hidden(states: list[torch.Tensor], length: int) -> torch.Tensor:
+    """N x [len_i, H] -> [N, length, H] zero-padded (padding is masked out of the MSE)."""
+    h = states[0].shape[-1]
+    out = torch.zeros((len(states), length, h), dtype=states[0].dtype)
+    for r, s in enumerate(states):
+        out[r, : s.shape[0]] = s
+    return out
+
+
+def distill_pass(
+    student: Classifier,
+    data: DistillSet,
+    loss_cfg: DistillLoss,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    rng: np.random.Generator,
+    batch_size: int,
+    *,
+    sign: float = 1.0,
+    desc: str | None = None,
+) -> dict[str, float]:
+    """One epoch over ``data`` minimising ``sign * L``; returns mean loss parts (unsigned L)."""
+    model = student.model
+    model.train()
+    pad = pad_id_of(student.tokenizer)
+    use_hidden = data.teacher.hidden is not None and loss_cfg.hidden_weight > 0
+    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "mse": 0.0}
+    n = 0
+    n_batches = (len(data) + batch_size - 1) // batch_size
+    batches = train_batches(data.enc, batch_size, rng, pad, runtime.device)
+    for b in tqdm(batches, total=n_batches, desc=desc, disable=not runtime.progress or desc is None, leave=False):
+        t_logits = data.teacher.logits[b.index].to(runtime.device)
+        with runtime.autocast():
+            out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=use_hidden)
+        t_hidden = None
+        s_hidden = None
+        if use_hidden:
+            assert data.teacher.hidden is not None
+            t_hidden = _pad_hidden([data.teacher.hidden[i] for i in b.index.tolist()], b.input_ids.shape[1]).to(runtime.device)
+            s_hidden = out.hidden_states[-1]
+        parts = distill_loss(
+            out.logits,
+            t_logits,
+            b.labels,
+            alpha=loss_cfg.alpha,
+            temperature=loss_cfg.temperature,
+            student_hidden=s_hidden,
+            teacher_hidden=t_hidden,
+            mask=b.attention_mask,
+            hidden_weight=loss_cfg.hidden_weight,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        (sign * parts.total).backward()
+        optimizer.step()
+        k = len(b.index)
+        n += k
+        sums["loss"] += float(parts.total.detach()) * k
+        sums["ce"] += parts.ce * k
+        sums["kl"] += parts.kl * k
+        sums["mse"] += parts.mse * k
+    return {key: v / max(n, 1) for key, v in sums.items()}

@@ -1,0 +1,239 @@
+"""MLflow tracking: the only place (with ``bedkd.tracking.registry``) that imports mlflow.
+
+Layout in MLflow: one experiment per dataset x attack (``bedkd/sst-2/badnets``); one parent run
+per pipeline execution (keyed by params.yaml content + git commit, so every stage of one
+``dvc repro`` lands under the same parent); one nested child run per stage.
+
+With tracking off (``BEDKD_TRACKING=false``) every call is a no-op and the pipeline still runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from bedkd.config import Params, flatten, section_hash
+from bedkd.events import Event
+from bedkd.settings import get_settings
+
+# params.yaml sections logged on each stage's child run.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare": ("seed", "data"),
+    "poison": ("seed", "data", "poison"),
+    "train_victim": ("seed", "model", "train_victim"),
+    "detect": ("seed", "model", "detect"),
+    "distill": ("seed", "model", "distill"),
+    "evaluate": ("evaluate",),
+}
+TRAINING_STAGES = ("train_victim", "detect", "distill")
+PIP_REQUIREMENTS_FOR_MODELS = ("torch==2.13.0", "transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0", "numpy==2.4.6", "pandas==3.1.1")
+
+
+def _env_defaults() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project folder, also from inside a ``dvc exp run --temp`` copy (.dvc/tmp/exps/...)."""
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    for p in (here, *here.parents):
+        if (p / "dvc.yaml").is_file():
+            return p
+    return here
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute sqlite file in the project."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def experiment_name(params: Params) -> str:
+    return f"bedkd/{params.data.dataset}/{params.poison.attack}"
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def params_hash(params: Params) -> str:
+    return section_hash(params)
+
+
+def pipeline_key(params: Params, commit: str) -> str:
+    return hashlib.sha256(f"{params_hash(params)}:{commit}".encode()).hexdigest()[:16]
+
+
+def base_tags(params: Params, commit: str) -> dict[str, str]:
+    return {
+        "git_commit": commit,
+        "params_hash": params_hash(params),
+        "dataset": params.data.dataset,
+        "attack": params.poison.attack,
+        "backbone": params.model.backbone,
+    }
+
+
+def stage_params(params: Params, stage: str) -> dict[str, Any]:
+    full = params.model_dump(mode="json")
+    return flatten({k: full[k] for k in STAGE_SECTIONS.get(stage, tuple(full))})
+
+
+class NullTracker:
+    """Tracking switched off: same interface, does nothing."""
+
+    run_id: str | None = None
+    parent_run_id: str | None = None
+
+    def callback(self, event: Event) -> None:
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, on_parent: bool = False) -> None:
+        return None
+
+    def log_params(self, values: Mapping[str, Any]) -> None:
+        return None
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        return None
+
+    def log_dict(self, data: Any, name: str) -> None:
+        return None
+
+    def log_model(self, clf: Any, name: str, input_example: list[str]) -> str | None:
+        return None
+
+
+class MlflowTracker(NullTracker):
+    def __init__(self, run_id: str, parent_run_id: str) -> None:
+        self.run_id = run_id
+        self.parent_run_id = parent_run_id
+
+    def callback(self, event: Event) -> None:
+        self.log_metrics(event.metrics, step=event.step)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, on_parent: bool = False) -> None:
+        """Log on the stage run (and, for final results, on the pipeline's parent run too)."""
+        import mlflow
+
+        clean = {k: float(v) for k, v in metrics.items() if v == v}  # drop NaN
+        if clean:
+            mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+            if on_parent and self.parent_run_id:
+                mlflow.log_metrics(clean, step=step, run_id=self.parent_run_id)
+
+    def log_params(self, values: Mapping[str, Any]) -> None:
+        import mlflow
+
+        mlflow.log_params({k: ("null" if v is None else v) for k, v in values.items()}, run_id=self.run_id)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        if Path(path).exists():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path, run_id=self.run_id)
+
+    def log_dict(self, data: Any, name: str) -> None:
+        import mlflow
+
+        mlflow.log_dict(data, name, run_id=self.run_id)
+
+    def log_model(self, clf: Any, name: str, input_example: list[str]) -> str | None:
+        """Log a classifier as an MLflow ``transformers`` model (safetensors, text-classification)."""
+        import mlflow
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("string")]),
+            outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+        )
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": clf.model, "tokenizer": clf.tokenizer},
+            name=name,
+            task="text-classification",
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=list(PIP_REQUIREMENTS_FOR_MODELS),
+            save_pretrained=True,
+        )
+        return info.model_uri
+
+
+def _parent_run(client: Any, experiment_id: str, params: Params, commit: str) -> str:
+    key = pipeline_key(params, commit)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`bedkd.pipeline_key` = '{key}' and tags.`bedkd.role` = 'pipeline'",
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {**base_tags(params, commit), "bedkd.pipeline_key": key, "bedkd.role": "pipeline", "stage": "pipeline"}
+    run = client.create_run(experiment_id, tags=tags, run_name=f"pipeline-{key[:8]}")
+    for k, v in flatten(params.model_dump(mode="json")).items():
+        client.log_param(run.info.run_id, k, "null" if v is None else v)
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(params: Params, stage: str, params_path: Path | None = None, last_stage: bool = False) -> Iterator[NullTracker]:
+    """Open the stage's nested child run under the pipeline's parent run.
+
+    Logs the stage's params, tags and ``params.yaml`` / ``dvc.lock``; system metrics are on for
+    training stages. ``last_stage`` marks the parent run finished when the stage succeeds.
+    """
+    if not get_settings().tracking:
+        yield NullTracker()
+        return
+    _env_defaults()
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    name = experiment_name(params)
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(name)
+    commit = git_commit()
+    parent = _parent_run(client, exp_id, params, commit)
+    tags = {**base_tags(params, commit), "stage": stage, "bedkd.role": "stage"}
+    if stage in TRAINING_STAGES:
+        mlflow.set_system_metrics_sampling_interval(5)
+    with mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=stage,
+        parent_run_id=parent,
+        tags=tags,
+        log_system_metrics=stage in TRAINING_STAGES,
+    ) as run:
+        tracker = MlflowTracker(run.info.run_id, parent)
+        tracker.log_params(stage_params(params, stage))
+        root = project_root()
+        for f in (params_path or root / "params.yaml", root / "dvc.lock"):
+            tracker.log_artifact(f, "config")
+        try:
+            yield tracker
+        except BaseException:
+            client.set_terminated(parent, status="FAILED")
+            raise
+    if last_stage:
+        client.set_terminated(parent, status="FINISHED")
+
