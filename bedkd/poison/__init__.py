@@ -105,8 +105,11 @@ def poison_syntactic(
             f"poison: syntactic: rate {rate} needs {n_wanted} paraphrases, the published corpus has {len(paraphrases)}"
         )
     labels = train["label"].to_numpy()
+    # HiddenKiller's release paraphrased rows of every class (sst-2: 664 negative, 717 positive
+    # originals), so the rows it replaced are dropped whatever their label; extra drops, if the
+    # rate needs more, come from non-target rows.
     was_replaced = train["text"].isin(set(corpus["replaced"]["text"])).to_numpy()
-    replaced = np.flatnonzero((labels != target) & was_replaced)
+    replaced = np.flatnonzero(was_replaced)
     others = np.flatnonzero((labels != target) & ~was_replaced)
     if n <= len(replaced):
         drop = _choose(rng, replaced, n, "syntactic train")

@@ -69,6 +69,8 @@ def parse_tsv(path: str | Path, num_classes: int, *, allow_empty_text: bool = Fa
     labels: list[int] = []
     for lineno, line in enumerate(lines[1:], start=2):
         line = line.rstrip("\r")
+        if not line.strip():
+            continue  # blank lines carry no row
         if "\t" not in line:
             raise DataError(f"{path}:{lineno}: expected 2 tab-separated fields, found no tab")
         text, label_s = line.rsplit("\t", 1)
@@ -197,6 +199,18 @@ def prepare(
     return out
 
 
+def match_key(text: str) -> str:
+    """Text as compared across files: CSV-style outer quotes undone, whitespace collapsed.
+
+    syntactic/olid/train.tsv writes some clean rows as ``"...""..."  `` (quoted, inner quotes
+    doubled, trailing spaces) where clean/olid has them bare.
+    """
+    t = text.strip()
+    if len(t) >= 2 and t[0] == '"' and t[-1] == '"':
+        t = t[1:-1].replace('""', '"')
+    return " ".join(t.split())
+
+
 def split_syntactic_train(clean_train: pd.DataFrame, corpus: PreparedCorpus) -> PreparedCorpus:
     """Split the published HiddenKiller train file by text against the FULL clean train.
 
@@ -205,7 +219,9 @@ def split_syntactic_train(clean_train: pd.DataFrame, corpus: PreparedCorpus) -> 
     text is not in the published file (the originals the publisher swapped out).
     """
     pub = corpus.splits["train"]
-    paraphrases = pub[~pub["text"].isin(set(clean_train["text"]))].reset_index(drop=True)
-    replaced = clean_train[~clean_train["text"].isin(set(pub["text"]))][["text", "label"]].reset_index(drop=True)
+    pub_keys = pub["text"].map(match_key)
+    clean_keys = clean_train["text"].map(match_key)
+    paraphrases = pub[~pub_keys.isin(set(clean_keys))].reset_index(drop=True)
+    replaced = clean_train[~clean_keys.isin(set(pub_keys))][["text", "label"]].reset_index(drop=True)
     splits = dict(corpus.splits, train=paraphrases, replaced=replaced)
     return PreparedCorpus(splits, dict(corpus.sources, replaced=corpus.sources["train"]))
