@@ -1,8 +1,8 @@
 """MLflow tracking: the only place (with ``bedkd.tracking.registry``) that imports mlflow.
 
 Layout in MLflow: one experiment per dataset x attack (``bedkd/sst-2/badnets``); one parent run
-per pipeline execution (keyed by params.yaml content + git commit, so every stage of one
-``dvc repro`` lands under the same parent); one nested child run per stage.
+per pipeline execution (every stage of one ``dvc repro`` lands under the same parent); one nested
+child run per stage.
 
 With tracking off (``BEDKD_TRACKING=false``) every call is a no-op and the pipeline still runs.
 """
@@ -10,7 +10,6 @@ With tracking off (``BEDKD_TRACKING=false``) every call is a no-op and the pipel
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import subprocess
 import tempfile
@@ -72,10 +71,6 @@ def git_commit(cwd: Path | None = None) -> str:
 
 def params_hash(params: Params) -> str:
     return section_hash(params)
-
-
-def pipeline_key(params: Params, commit: str) -> str:
-    return hashlib.sha256(f"{params_hash(params)}:{commit}".encode()).hexdigest()[:16]
 
 
 def base_tags(params: Params, commit: str) -> dict[str, str]:
@@ -175,22 +170,32 @@ class MlflowTracker(NullTracker):
 
 
 def _parent_run(client: Any, experiment_id: str, params: Params, commit: str) -> str:
-    key = pipeline_key(params, commit)
+    """The pipeline execution's parent run.
+
+    Stages run as separate processes (DVC), so they find their parent in the store: the newest
+    RUNNING parent with the same params hash. The last stage (evaluate) finishes it, so the next
+    execution, even with the same params, opens a new parent.
+    """
+    from mlflow.entities import Param
+
+    phash = params_hash(params)
     found = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`bedkd.pipeline_key` = '{key}' and tags.`bedkd.role` = 'pipeline'",
+        filter_string=(
+            f"tags.`bedkd.role` = 'pipeline' and tags.params_hash = '{phash}' and attributes.status = 'RUNNING'"
+        ),
+        order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     if found:
-        run_id = found[0].info.run_id
-        if found[0].info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-        return run_id
-    tags = {**base_tags(params, commit), "bedkd.pipeline_key": key, "bedkd.role": "pipeline", "stage": "pipeline"}
-    run = client.create_run(experiment_id, tags=tags, run_name=f"pipeline-{key[:8]}")
-    for k, v in flatten(params.model_dump(mode="json")).items():
-        client.log_param(run.info.run_id, k, "null" if v is None else v)
-    return run.info.run_id
+        return str(found[0].info.run_id)
+    tags = {**base_tags(params, commit), "bedkd.role": "pipeline", "stage": "pipeline"}
+    run = client.create_run(experiment_id, tags=tags, run_name=f"pipeline-{phash[:8]}")
+    client.log_batch(
+        run.info.run_id,
+        params=[Param(k, "null" if v is None else str(v)) for k, v in flatten(params.model_dump(mode="json")).items()],
+    )
+    return str(run.info.run_id)
 
 
 @contextlib.contextmanager
