@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,43 +120,143 @@ class EvaluateParams(_Section):
     batch_size: int = Field(default=256, ge=1, le=65536)
 
 
-class Params(_Section):
-    seed: int = Field(default=0, ge=0)
-    data: DataParams = DataParams()
-    model: ModelParams = ModelParams()
-    poison: PoisonParams = PoisonParams()
-    train_victim: TrainVictimParams = TrainVictimParams()
-    detect: DetectParams = DetectParams()
-    distill: DistillParams = DistillParams()
-    evaluate: EvaluateParams = EvaluateParams()
+class RegisterParams(_Section):
+    # None: bedkd-<dataset>-<attack>
+    model_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class PromoteParams(_Section):
+    max_asr: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_cacc_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    # Allowed slack when comparing with the current champion (0 = must be at least as good).
+    champion_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class SearchDim(_Section):
+    """One tuned knob: a range on a linear or log scale, integer or real."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
 
     @model_validator(mode="after")
-    def _target_in_range(self) -> "Params":
-        k = NUM_CLASSES[self.data.dataset]
-        if self.poison.target_label is not None and self.poison.target_label >= k:
-            raise ValueError(
-                f"poison.target_label={self.poison.target_label} is out of range for "
-                f"{self.data.dataset} ({k} classes)"
-            )
+    def _range(self) -> "SearchDim":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        if self.integer and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("integer dimension needs integer bounds")
         return self
 
-    @property
-    def num_classes(self) -> int:
-        return NUM_CLASSES[self.data.dataset]
 
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return LABEL_NAMES[self.data.dataset]
+# Knobs Optuna may change: what the defense does, never the victim or the data.
+TUNABLE = (
+    "detect.flip_ratio",
+    "detect.loss.alpha",
+    "detect.loss.temperature",
+    "detect.loss.hidden_weight",
+    "detect.epochs",
+    "detect.threshold",
+    "detect.keep",
+    "distill.cycles",
+    "distill.loss.alpha",
+    "distill.loss.temperature",
+    "distill.loss.hidden_weight",
+    "distill.punish_weight",
+    "distill.lr",
+)
 
-    @property
-    def target_label(self) -> int:
-        t = self.poison.target_label
-        return DEFAULT_TARGET[self.data.dataset] if t is None else t
 
-    @property
-    def poison_rate(self) -> float:
-        r = self.poison.rate
-        return DEFAULT_RATE[self.poison.attack] if r is None else r
+def _default_space() -> dict[str, SearchDim]:
+    return {
+        "detect.flip_ratio": SearchDim(low=0.5, high=1.0),
+        "detect.loss.temperature": SearchDim(low=1.0, high=4.0, log=True),
+        "distill.loss.temperature": SearchDim(low=1.0, high=5.0, log=True),
+        "distill.cycles": SearchDim(low=5, high=50, integer=True),
+        "distill.loss.alpha": SearchDim(low=0.1, high=0.9),
+        "distill.punish_weight": SearchDim(low=0.05, high=1.0, log=True),
+    }
+
+
+class TuneParams(_Section):
+    # multi: NSGA-II over (min ASR, max CACC), Pareto front; single: min ASR s.t. CACC drop, pruned per cycle.
+    objective: Literal["multi", "single"] = "multi"
+    # oracle: ASR on a triggered dev split (research benchmark); blind: proxy ASR on held-out flagged rows.
+    mode: Literal["oracle", "blind"] = "oracle"
+    max_cacc_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    # blind mode: flagged rows kept out of the punish set to measure the proxy ASR on.
+    holdout: int = Field(default=64, ge=1)
+    population_size: int = Field(default=8, ge=2)
+    # single objective only (Optuna cannot prune multi-objective studies):
+    # median = prune below the median of earlier trials at the same cycle; threshold = prune
+    # when ASR is still above prune_threshold; none = never.
+    pruner: Literal["median", "threshold", "none"] = "median"
+    prune_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+    pruner_startup_trials: int = Field(default=3, ge=0)
+    pruner_warmup_cycles: int = Field(default=5, ge=0)
+    space: dict[str, SearchDim] = Field(default_factory=_default_space)
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> "TuneParams":
+        unknown = sorted(set(self.space) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"space: {unknown[0]!r} is not tunable (choose from {', '.join(TUNABLE)})")
+        if not self.space:
+            raise ValueError("space: empty search space")
+        return self
+
+
+# pydantic warns that the field "register" shadows ABCMeta.register on the class; instances
+# resolve params.register to the field, which is all we use, and the name matches the stage.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Params(_Section):
+        seed: int = Field(default=0, ge=0)
+        data: DataParams = DataParams()
+        model: ModelParams = ModelParams()
+        poison: PoisonParams = PoisonParams()
+        train_victim: TrainVictimParams = TrainVictimParams()
+        detect: DetectParams = DetectParams()
+        distill: DistillParams = DistillParams()
+        evaluate: EvaluateParams = EvaluateParams()
+        register: RegisterParams = RegisterParams()
+        promote: PromoteParams = PromoteParams()
+        tune: TuneParams = TuneParams()
+
+        @model_validator(mode="after")
+        def _target_in_range(self) -> "Params":
+            k = NUM_CLASSES[self.data.dataset]
+            if self.poison.target_label is not None and self.poison.target_label >= k:
+                raise ValueError(
+                    f"poison.target_label={self.poison.target_label} is out of range for "
+                    f"{self.data.dataset} ({k} classes)"
+                )
+            return self
+
+        @property
+        def num_classes(self) -> int:
+            return NUM_CLASSES[self.data.dataset]
+
+        @property
+        def model_name(self) -> str:
+            return self.register.model_name or f"bedkd-{self.data.dataset}-{self.poison.attack}"
+
+        @property
+        def label_names(self) -> tuple[str, ...]:
+            return LABEL_NAMES[self.data.dataset]
+
+        @property
+        def target_label(self) -> int:
+            t = self.poison.target_label
+            return DEFAULT_TARGET[self.data.dataset] if t is None else t
+
+        @property
+        def poison_rate(self) -> float:
+            r = self.poison.rate
+            return DEFAULT_RATE[self.poison.attack] if r is None else r
 
 
 def _format_error(path: Path, err: ValidationError) -> str:
@@ -202,3 +303,38 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *path, leaf = key.split(".")
+    node = data
+    for part in path:
+        node = node[part]
+    node[leaf] = value
+
+
+def with_overrides(params: Params, overrides: dict[str, Any], where: str = "overrides") -> Params:
+    """A new validated Params with dotted keys replaced (``{"distill.cycles": 10}``)."""
+    data = params.model_dump(mode="json")
+    for key, value in overrides.items():
+        _set_dotted(data, key, value)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(Path(where), e)) from e
+
+
+def check_space(params: Params, path: str | Path = "params.yaml") -> None:
+    """Every range end must itself be a valid value of its knob (bounds and integer-ness)."""
+    for key, dim in params.tune.space.items():
+        for end in (dim.low, dim.high):
+            value: Any = int(end) if dim.integer else end
+            try:
+                with_overrides(params, {key: value}, where=str(path))
+            except ConfigError as e:
+                raise ConfigError(f"{path}: tune.space.{key}: {end} is not a valid value ({e})") from None
+        current = params
+        for part in key.split("."):
+            current = getattr(current, part)
+        if isinstance(current, int) and not isinstance(current, bool) and not dim.integer:
+            raise ConfigError(f"{path}: tune.space.{key}: integer knob needs 'integer: true'")

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     tracking: bool = True
     # Show tqdm progress bars; off by default when CI is set.
     progress: bool | None = None
+    # Content-addressed cache of tuning artefacts (victims, DMM scores); relative to the project.
+    cache_dir: Path = Field(default=Path(".cache/bedkd"))
+    # Optuna storage URL; None = sqlite file optuna.db in the project.
+    optuna_storage: str | None = None
 
 
 @lru_cache(maxsize=1)

@@ -38,3 +38,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     AutoModel.from_pretrained(src, config=cfg, use_safetensors=True).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_dir: Path) -> Path:
+    """A tiny copy of the project after ``dvc repro`` (shared by the slow tests)."""
+    from tests.project import build_project
+
+    return build_project(tmp_path_factory.mktemp("project"), tiny_model, data_dir)

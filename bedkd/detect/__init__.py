@@ -54,10 +54,15 @@ def select_released(
     poison layout), flag those with score < threshold, stop at ``scan_size`` flagged rows, keep
     those the victim predicts as their file label, return the first ``keep`` of them.
     """
-    order = np.random.default_rng(seed).permutation(len(score))
-    flagged = order[np.asarray(score)[order] < threshold][:scan_size]
+    flagged = flagged_in_scan_order(score, threshold, seed)[:scan_size]
     agree = flagged[np.asarray(victim_pred)[flagged] == np.asarray(file_label)[flagged]]
     return agree[:keep]
+
+
+def flagged_in_scan_order(score: np.ndarray, threshold: float, seed: int) -> np.ndarray:
+    """Indices with score < threshold, in the seeded scan order the selection rule uses."""
+    order = np.random.default_rng(seed).permutation(len(score))
+    return order[np.asarray(score)[order] < threshold]
 
 
 def flip_distill(

@@ -72,3 +72,22 @@ def plot_confusion(matrix: list[list[int]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_pareto(rows: Sequence[dict[str, float]], path: Path, title: str) -> None:
+    """Every complete trial in (CACC, ASR), the Pareto front highlighted."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter([r["cacc"] for r in rows], [r["asr"] for r in rows], c="lightgrey", edgecolors="grey", label="trials")
+    front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["cacc"])
+    if front:
+        ax.plot([r["cacc"] for r in front], [r["asr"] for r in front], "o-", color="C3", label="Pareto front")
+        for r in front:
+            ax.annotate(str(int(r["number"])), (r["cacc"], r["asr"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("dev CACC (higher is better)")
+    ax.set_ylabel("ASR (lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

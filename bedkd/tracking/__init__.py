@@ -109,6 +109,9 @@ class NullTracker:
     def log_dict(self, data: Any, name: str) -> None:
         return None
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        return None
+
     def log_model(self, clf: Any, name: str, input_example: list[str]) -> str | None:
         return None
 
@@ -147,6 +150,13 @@ class MlflowTracker(NullTracker):
 
         mlflow.log_dict(data, name, run_id=self.run_id)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        for k, v in tags.items():
+            client.set_tag(self.run_id, k, v)
+
     def log_model(self, clf: Any, name: str, input_example: list[str]) -> str | None:
         """Log a classifier as an MLflow ``transformers`` model (safetensors, text-classification)."""
         import mlflow
@@ -166,7 +176,9 @@ class MlflowTracker(NullTracker):
             pip_requirements=list(PIP_REQUIREMENTS_FOR_MODELS),
             save_pretrained=True,
         )
-        return info.model_uri
+        # Where to find it again from the run (register, tests, the UI's run page).
+        mlflow.MlflowClient().set_tag(self.run_id, f"bedkd.model_uri.{name}", info.model_uri)
+        return str(info.model_uri)
 
 
 def _parent_run(client: Any, experiment_id: str, params: Params, commit: str) -> str:
@@ -242,3 +254,46 @@ def stage_run(params: Params, stage: str, params_path: Path | None = None, last_
     if last_stage:
         client.set_terminated(parent, status="FINISHED")
 
+
+
+@contextlib.contextmanager
+def nested_run(
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[NullTracker]:
+    """A run (optionally nested under ``parent_run_id``), e.g. a tuning study and its trials.
+
+    An exception marks the run FAILED, or KILLED with tag ``state=PRUNED`` when it is a pruning
+    signal (any exception class named ``TrialPruned``), then propagates.
+    """
+    if not get_settings().tracking:
+        yield NullTracker()
+        return
+    _env_defaults()
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    all_tags = dict(tags)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
+    run_id = run.info.run_id
+    tracker = MlflowTracker(run_id, parent_run_id or "")
+    if params:
+        tracker.log_params(params)
+    try:
+        yield tracker
+    except BaseException as e:
+        pruned = type(e).__name__ == "TrialPruned"
+        client.set_tag(run_id, "state", "PRUNED" if pruned else "FAILED")
+        client.set_terminated(run_id, status="KILLED" if pruned else "FAILED")
+        raise
+    client.set_tag(run_id, "state", "COMPLETE")
+    client.set_terminated(run_id, status="FINISHED")

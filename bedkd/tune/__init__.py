@@ -1,0 +1,238 @@
+"""tune: what one Optuna trial computes, with the expensive parts cached across trials.
+
+Optuna itself is driven from ``pipelines/tune.py``; this module knows nothing about it. A trial:
+1. victim: trained once per (seed, data, poison, model, train_victim), cached under that hash;
+2. detection (DMM scores + selection): cached under (victim hash, detect params);
+3. AKD with the trial's distill params, evaluated on dev only (never test).
+
+Objectives: ``oracle`` = dev CACC and ASR on the triggered dev split; ``blind`` = dev CACC and a
+proxy ASR on flagged rows held out of the punish set (share the student still maps to their
+suspicious label), which needs nothing a real defender lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from filelock import FileLock
+
+from bedkd.config import Params, section_hash
+from bedkd.defender import defender_pools, flipped_set
+from bedkd.detect import detect, flagged_in_scan_order
+from bedkd.distill import akd
+from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
+from bedkd.events import Callback
+from bedkd.io import atomic_dir, drop_ground_truth, read_records, read_scores, write_json
+from bedkd.modeling import Classifier, encode, load_classifier, predict_proba, save_classifier
+from bedkd.runtime import Runtime
+from bedkd.train_victim import train_classifier
+
+log = logging.getLogger("bedkd.tune")
+
+
+def victim_key(params: Params) -> str:
+    full = params.model_dump(mode="json")
+    return section_hash({k: full[k] for k in ("seed", "data", "poison", "model", "train_victim")})
+
+
+def detect_key(params: Params) -> str:
+    # The DMM pool depends on flip_per_class only; clean_per_class is in for the budget check.
+    return section_hash(
+        {"victim": victim_key(params), "detect": params.detect.model_dump(mode="json"), "clean_per_class": params.distill.clean_per_class}
+    )
+
+
+@dataclass
+class CacheStats:
+    victim_trained: int = 0
+    victim_reused: int = 0
+    detect_computed: int = 0
+    detect_reused: int = 0
+
+
+@dataclass(frozen=True)
+class Data:
+    """The prepared/poisoned splits a trial reads (ground truth dropped)."""
+
+    clean_train: pd.DataFrame
+    train: pd.DataFrame
+    clean_dev: pd.DataFrame
+    triggered_dev: pd.DataFrame
+    clean_test: pd.DataFrame
+    triggered_test: pd.DataFrame
+
+    @classmethod
+    def load(cls, prepared: Path, poisoned: Path) -> "Data":
+        return cls(
+            clean_train=read_records(prepared / "clean" / "train.parquet"),
+            train=drop_ground_truth(read_records(poisoned / "train.parquet")),
+            clean_dev=read_records(prepared / "clean" / "dev.parquet"),
+            triggered_dev=read_records(poisoned / "dev.parquet"),
+            clean_test=read_records(prepared / "clean" / "test.parquet"),
+            triggered_test=read_records(poisoned / "test.parquet"),
+        )
+
+
+@dataclass(frozen=True)
+class Detection:
+    selected: pd.DataFrame  # rows to punish (text, label)
+    holdout: pd.DataFrame  # flagged rows left out of punishing (blind proxy)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    dev_cacc: float
+    dev_asr: float  # the objective: oracle ASR or blind proxy, by mode
+    victim_dev_cacc: float
+    oracle_asr: float  # triggered dev ASR, reported in both modes (never the blind objective)
+    proxy_asr: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def cacc_drop(self) -> float:
+        return self.victim_dev_cacc - self.dev_cacc
+
+
+class TuneContext:
+    """Shared, cached state for a study's trials within one worker process."""
+
+    def __init__(self, data: Data, runtime: Runtime, cache_dir: Path) -> None:
+        self.data = data
+        self.runtime = runtime
+        self.cache_dir = Path(cache_dir)
+        self.stats = CacheStats()
+        self._victims: dict[str, Classifier] = {}
+        self._dev: dict[str, EvalSplits] = {}
+        self._victim_dev_cacc: dict[str, float] = {}
+
+    def victim(self, params: Params) -> Classifier:
+        key = victim_key(params)
+        if key in self._victims:
+            return self._victims[key]
+        path = self.cache_dir / "victim" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Several workers may want the same victim: one trains it, the others wait, then load.
+        with FileLock(str(path) + ".lock"):
+            if (path / "model.safetensors").is_file():
+                self.stats.victim_reused += 1
+            else:
+                clf = load_classifier(params.model.backbone, params.num_classes, params.label_names, seed=params.seed)
+                enc = encode(clf.tokenizer, self.data.train["text"].tolist(), self.data.train["label"].to_numpy(), params.model.max_length)
+                train_classifier(clf, enc, params.train_victim, self.runtime, params.seed)
+                with atomic_dir(path) as tmp:
+                    save_classifier(clf, tmp)
+                self.stats.victim_trained += 1
+                log.info("victim %s trained and cached", key)
+        self._victims[key] = load_classifier(str(path))
+        return self._victims[key]
+
+    def dev_splits(self, params: Params) -> EvalSplits:
+        key = victim_key(params)
+        if key not in self._dev:
+            self._dev[key] = encode_eval_splits(
+                self.victim(params), self.data.clean_dev, self.data.triggered_dev, params.target_label, params.model.max_length
+            )
+        return self._dev[key]
+
+    def victim_dev_cacc(self, params: Params) -> float:
+        key = victim_key(params)
+        if key not in self._victim_dev_cacc:
+            r = evaluate_classifier(self.victim(params), self.dev_splits(params), self.runtime, params.evaluate.batch_size)
+            self._victim_dev_cacc[key] = r.cacc
+        return self._victim_dev_cacc[key]
+
+    def _pools(self, params: Params):  # type: ignore[no-untyped-def]
+        return defender_pools(
+            self.data.clean_train["label"].to_numpy(),
+            params.num_classes,
+            params.detect.flip_per_class,
+            params.distill.clean_per_class,
+            params.seed,
+        )
+
+    def detection(self, params: Params, holdout: int) -> Detection:
+        path = self.cache_dir / "detect" / detect_key(params)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if (path / "scores.csv").is_file():
+                self.stats.detect_reused += 1
+            else:
+                flip = flipped_set(self.data.clean_train, self._pools(params).dmm, params.num_classes, params.detect.flip_ratio, params.seed)
+                res = detect(
+                    self.victim(params), self.data.train, flip, params.detect, self.runtime, params.seed,
+                    params.model.max_length, params.evaluate.batch_size,
+                )
+                with atomic_dir(path) as tmp:
+                    res.scores.to_csv(tmp / "scores.csv", index_label="index")
+                    write_json(tmp / "summary.json", res.summary)
+                self.stats.detect_computed += 1
+        scores = read_scores(path / "scores.csv")
+        sel = scores["selected"].to_numpy().astype(bool)
+        flagged = flagged_in_scan_order(scores["score"].to_numpy(), params.detect.threshold, params.seed)
+        held = [int(i) for i in flagged if not sel[i]][:holdout]
+        return Detection(
+            selected=scores.loc[sel, ["text", "label"]].reset_index(drop=True),
+            holdout=scores.loc[held, ["text", "label"]].reset_index(drop=True),
+        )
+
+    def clean_rows(self, params: Params) -> pd.DataFrame:
+        return self.data.clean_train.iloc[self._pools(params).akd][["text", "label"]].reset_index(drop=True)
+
+    def proxy_asr(self, student: Classifier, holdout: pd.DataFrame, params: Params) -> float:
+        """Share of held-out flagged rows the student still maps to their (suspicious) label."""
+        if holdout.empty:
+            return float("nan")
+        enc = encode(student.tokenizer, holdout["text"].tolist(), holdout["label"].to_numpy(), params.model.max_length)
+        pred = predict_proba(student, enc, self.runtime, params.evaluate.batch_size).argmax(1)
+        return float((pred == holdout["label"].to_numpy()).mean())
+
+    def run_trial(
+        self, params: Params, mode: str, holdout: int, callbacks: Sequence[Callback] = ()
+    ) -> tuple[TrialResult, Classifier]:
+        victim = self.victim(params)
+        det = self.detection(params, holdout)
+        dev = self.dev_splits(params)
+        bs = params.evaluate.batch_size
+
+        def per_cycle(student: Classifier) -> dict[str, float]:
+            r = evaluate_classifier(student, dev, self.runtime, bs)
+            out = {"dev/cacc": r.cacc, "dev/asr": r.asr}
+            if mode == "blind":
+                out["dev/proxy_asr"] = self.proxy_asr(student, det.holdout, params)
+            return out
+
+        res = akd(
+            victim, self.clean_rows(params), det.selected, params.distill, self.runtime, params.seed,
+            params.model.max_length, per_cycle, callbacks,
+        )
+        last = res.history[-1]
+        proxy = last.get("dev/proxy_asr", self.proxy_asr(res.student, det.holdout, params))
+        result = TrialResult(
+            dev_cacc=last["dev/cacc"],
+            dev_asr=proxy if mode == "blind" else last["dev/asr"],
+            victim_dev_cacc=self.victim_dev_cacc(params),
+            oracle_asr=last["dev/asr"],
+            proxy_asr=proxy,
+            history=res.history,
+        )
+        return result, res.student
+
+    def test_metrics(self, student: Classifier, params: Params) -> dict[str, float]:
+        """The one evaluation on test, for the chosen trial only."""
+        victim = self.victim(params)
+        test = encode_eval_splits(victim, self.data.clean_test, self.data.triggered_test, params.target_label, params.model.max_length)
+        v = evaluate_classifier(victim, test, self.runtime, params.evaluate.batch_size)
+        s = evaluate_classifier(student, test, self.runtime, params.evaluate.batch_size)
+        return {"victim/cacc": v.cacc, "victim/asr": v.asr, "student/cacc": s.cacc, "student/asr": s.asr}
+
+
+def pick_best(rows: list[dict[str, float]], max_cacc_drop: float) -> dict[str, float] | None:
+    """From Pareto rows: the lowest ASR within the CACC-drop budget, else the best CACC."""
+    ok = [r for r in rows if r["cacc_drop"] <= max_cacc_drop]
+    if ok:
+        return min(ok, key=lambda r: (r["asr"], -r["cacc"]))
+    return max(rows, key=lambda r: r["cacc"]) if rows else None
