@@ -11,8 +11,6 @@ from pathlib import Path
 
 from bedkd.errors import BedkdError
 
-__all__ = ["BedkdError", "parser", "run"]
-
 log = logging.getLogger("bedkd")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bedkd import cli
 from bedkd.config import load_params
+from bedkd.errors import BedkdError
 from bedkd.evaluate import confusion_matrix, encode_eval_splits, evaluate_classifier
 from bedkd.evaluate.plots import plot_confusion, plot_cycles, plot_detection
 from bedkd.io import atomic_dir, read_json, read_records, read_scores, write_json, write_metrics
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         train = read_records(args.poisoned / "train.parquet", required=("text", "label", "is_poisoned"))
         scores = read_scores(args.detect / "scores.csv")
         if len(scores) != len(train) or not (scores["text"].to_numpy() == train["text"].to_numpy()).all():
-            raise cli.BedkdError(f"{args.detect / 'scores.csv'}: rows do not match {args.poisoned / 'train.parquet'}")
+            raise BedkdError(f"{args.detect / 'scores.csv'}: rows do not match {args.poisoned / 'train.parquet'}")
         det = detection_metrics(scores["score"].to_numpy(), train["is_poisoned"].to_numpy(), scores["selected"].to_numpy())
         detect_summary = read_json(args.detect / "summary.json")
         metrics = {

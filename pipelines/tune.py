@@ -18,6 +18,7 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
 from bedkd import cli
 from bedkd.config import Params, check_space, load_params, with_overrides
+from bedkd.errors import BedkdError
 from bedkd.evaluate.plots import plot_pareto
 from bedkd.events import Event
 from bedkd.io import atomic_dir, write_json, write_text_atomic
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-jobs", type=int, default=1)
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: BEDKD_OPTUNA_STORAGE or sqlite optuna.db)")
     p.add_argument("--study-name", default=None)
+    p.add_argument(
+        "--victim", type=Path, default=None,
+        help="a victim already trained with these params (e.g. models/victim after dvc repro): seeds the cache",
+    )
     p.add_argument("--register", action="store_true", help="rebuild the best trial's student, test it once, register it")
     args = p.parse_args(argv)
     params = load_params(args.params)
@@ -123,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     runtime = resolve_runtime()
     cache = settings.cache_dir if settings.cache_dir.is_absolute() else root / settings.cache_dir
     ctx = TuneContext(Data.load(args.prepared, args.poisoned), runtime, cache)
+    if args.victim is not None and ctx.seed_victim(params, args.victim):
+        log.info("victim cache seeded from %s", args.victim)
     study = open_study(make_storage(url), name, params)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     commit = git_commit()
@@ -130,7 +137,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with nested_run(experiment_name(params), f"study:{name}", {**tags, "bedkd.role": "study"}, {"tune.objective": t.objective, "tune.mode": t.mode}) as study_run:
 
+        ran: list[int] = []  # trials this worker evaluated (others may share the study)
+
         def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+            ran.append(trial.number)
             overrides = suggest(trial, params)
             tp = with_overrides(params, overrides, where=f"trial {trial.number}")
             with nested_run(
@@ -162,10 +172,9 @@ def main(argv: list[str] | None = None) -> None:
             return result.dev_asr
 
         start = time.perf_counter()
-        n_before = len(study.trials)
         study.optimize(objective, n_trials=args.n_trials, timeout=args.timeout, n_jobs=args.n_jobs, catch=(RuntimeError, ValueError))
         elapsed = time.perf_counter() - start
-        mine = len(study.trials) - n_before
+        mine = len(ran)
         rows, front = pareto_rows(study, params)
         stats = {
             "study": name,
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.register:
         if best is None:
-            raise cli.BedkdError(f"study {name}: no complete trial to register")
+            raise BedkdError(f"study {name}: no complete trial to register")
         _register_best(ctx, params, best, args, name)
 
 

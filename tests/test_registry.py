@@ -33,7 +33,7 @@ def aliases(project: Path) -> dict[str, str]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
-    return dict(client.get_registered_model(NAME).aliases)
+    return {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()}
 
 
 def test_register_is_idempotent_and_promote_gates(project: Path, data_dir: Path) -> None:

@@ -109,6 +109,18 @@ class TuneContext:
         self._dev: dict[str, EvalSplits] = {}
         self._victim_dev_cacc: dict[str, float] = {}
 
+    def seed_victim(self, params: Params, trained: Path) -> bool:
+        """Put an already-trained victim (e.g. DVC's models/victim, trained with these params)
+        into the cache under its key. Returns False when the cache already had one."""
+        path = self.cache_dir / "victim" / victim_key(params)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if (path / "model.safetensors").is_file():
+                return False
+            with atomic_dir(path) as tmp:
+                save_classifier(load_classifier(str(trained)), tmp)
+        return True
+
     def victim(self, params: Params) -> Classifier:
         key = victim_key(params)
         if key in self._victims:
