@@ -181,6 +181,18 @@ class MlflowTracker(NullTracker):
         return str(info.model_uri)
 
 
+def _client_and_experiment(name: str) -> tuple[Any, str]:
+    """An MlflowClient on the configured store and the id of experiment ``name`` (created if new)."""
+    _env_defaults()
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    return client, (exp.experiment_id if exp else client.create_experiment(name))
+
+
 def _parent_run(client: Any, experiment_id: str, params: Params, commit: str) -> str:
     """The pipeline execution's parent run.
 
@@ -220,15 +232,9 @@ def stage_run(params: Params, stage: str, params_path: Path | None = None, last_
     if not get_settings().tracking:
         yield NullTracker()
         return
-    _env_defaults()
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
-    name = experiment_name(params)
-    exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(name)
+    client, exp_id = _client_and_experiment(experiment_name(params))
     commit = git_commit()
     parent = _parent_run(client, exp_id, params, commit)
     tags = {**base_tags(params, commit), "stage": stage, "bedkd.role": "stage"}
@@ -272,14 +278,7 @@ def nested_run(
     if not get_settings().tracking:
         yield NullTracker()
         return
-    _env_defaults()
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    client, exp_id = _client_and_experiment(experiment)
     all_tags = dict(tags)
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bedkd.tracking import MlflowTracker, _env_defaults, tracking_uri
+from bedkd.tracking import MlflowTracker, _client_and_experiment, _env_defaults, tracking_uri
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -77,8 +77,7 @@ def register_student(
     if existing is not None:
         client.set_registered_model_alias(name, CANDIDATE, existing.version)
         return Registered(name, str(existing.version), created=False)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    _, exp_id = _client_and_experiment(experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name="register", tags={**tags, "stage": "register"}) as run:
         tracker = MlflowTracker(run.info.run_id, "")
         tracker.log_metrics(metrics)
