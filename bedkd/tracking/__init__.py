@@ -190,7 +190,14 @@ def _client_and_experiment(name: str) -> tuple[Any, str]:
     mlflow.set_tracking_uri(tracking_uri())
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
-    return client, (exp.experiment_id if exp else client.create_experiment(name))
+    if exp is not None:
+        return client, exp.experiment_id
+    # With a local store MLflow would put artifacts under ./mlruns of the current folder, which
+    # for `dvc exp run --temp` is a throw-away copy: pin them to the project. Servers decide alone.
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        location = (project_root() / "mlartifacts" / name.replace("/", "-")).as_uri()
+    return client, client.create_experiment(name, artifact_location=location)
 
 
 def _parent_run(client: Any, experiment_id: str, params: Params, commit: str) -> str:
