@@ -85,6 +85,8 @@ def test_mlflow_runs_nested_with_metrics_and_artifacts(project: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("bedkd/sst-2/badnets")
     assert exp is not None
+    # Artifacts live in the project, not in the cwd of whoever created the experiment.
+    assert exp.artifact_location == (project / "mlartifacts" / "bedkd-sst-2-badnets").as_uri()
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("bedkd.role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

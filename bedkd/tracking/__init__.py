@@ -197,7 +197,9 @@ def _client_and_experiment(name: str) -> tuple[Any, str]:
     location = None
     if tracking_uri().startswith("sqlite:"):
         location = (project_root() / "mlartifacts" / name.replace("/", "-")).as_uri()
-    return client, client.create_experiment(name, artifact_location=location)
+    # MLflow 3's UI opens GenAI views unless told this experiment is model training.
+    tags = {"mlflow.experimentKind": "custom_model_development"}
+    return client, client.create_experiment(name, artifact_location=location, tags=tags)
 
 
 def _parent_run(client: Any, experiment_id: str, params: Params, commit: str) -> str:
