@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 import yaml
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from bedkd import cli
 from bedkd.config import Params, check_space, load_params, with_overrides
@@ -37,7 +37,7 @@ def make_storage(url: str) -> RDBStorage:
         url,
         heartbeat_interval=30,
         grace_period=120,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         engine_kwargs={"pool_pre_ping": True},
     )
 
