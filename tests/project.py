@@ -40,6 +40,8 @@ def project_env(proj: Path, data_dir: Path) -> dict[str, str]:
         BEDKD_PROGRESS="false",
         MLFLOW_TRACKING_URI=f"sqlite:///{proj / 'mlflow.db'}",
         MLFLOW_DISABLE_TELEMETRY="true",
+        # tiny stages last seconds: sample system metrics every second so they show up
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
         DVC_NO_ANALYTICS="1",
         HF_HUB_OFFLINE="1",
         GIT_AUTHOR_NAME="t",

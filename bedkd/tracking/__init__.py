@@ -247,8 +247,8 @@ def stage_run(params: Params, stage: str, params_path: Path | None = None, last_
     commit = git_commit()
     parent = _parent_run(client, exp_id, params, commit)
     tags = {**base_tags(params, commit), "stage": stage, "bedkd.role": "stage"}
-    if stage in TRAINING_STAGES:
-        mlflow.set_system_metrics_sampling_interval(5)
+    if stage in TRAINING_STAGES and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(5)  # MLflow's default of 10 s misses short stages
     with mlflow.start_run(
         experiment_id=exp_id,
         run_name=stage,
