@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bedkd.config import Params
 from bedkd.errors import DataError
 
 
@@ -54,3 +55,14 @@ def flipped_set(clean_train: pd.DataFrame, rows: np.ndarray, num_classes: int, f
     df["flipped"] = flip
     df["label"] = np.where(flip, flip_labels(true, num_classes), true)
     return df
+
+
+def pools_for(params: Params, clean_train: pd.DataFrame) -> DefenderPools:
+    """The pools for a params set (detect, distill and tune all draw them this way)."""
+    return defender_pools(
+        clean_train["label"].to_numpy(),
+        params.num_classes,
+        params.detect.flip_per_class,
+        params.distill.clean_per_class,
+        params.seed,
+    )

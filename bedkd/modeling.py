@@ -44,9 +44,20 @@ class Classifier:
 
 
 def load_classifier(
-    name_or_path: str, num_labels: int | None = None, label_names: Sequence[str] | None = None, seed: int | None = None
+    name_or_path: str,
+    num_labels: int | None = None,
+    label_names: Sequence[str] | None = None,
+    seed: int | None = None,
+    *,
+    local: bool = False,
 ) -> Classifier:
-    """Load a sequence classifier; ``num_labels`` adds a fresh head (seeded) to a bare backbone."""
+    """Load a sequence classifier; ``num_labels`` adds a fresh head (seeded) to a bare backbone.
+
+    ``local=True`` for checkpoints the pipeline wrote: a missing folder is then reported as such
+    instead of being looked up on the hub.
+    """
+    if local and not (Path(name_or_path) / "config.json").is_file():
+        raise BedkdError(f"{Path(name_or_path) / 'config.json'}: model folder missing or incomplete")
     src = resolve_backbone(name_or_path)
     kwargs: dict[str, object] = {"use_safetensors": True, "trust_remote_code": False}
     if num_labels is not None:

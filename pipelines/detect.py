@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bedkd import cli
 from bedkd.config import load_params
-from bedkd.defender import defender_pools, flipped_set
+from bedkd.defender import flipped_set, pools_for
 from bedkd.detect import detect
 from bedkd.io import atomic_dir, drop_ground_truth, read_records, write_json
 from bedkd.modeling import load_classifier, save_classifier
@@ -31,15 +31,9 @@ def main(argv: list[str] | None = None) -> None:
         # What a defender has: the training set without ground truth, and a few clean rows.
         train = drop_ground_truth(read_records(args.poisoned / "train.parquet"))
         clean_train = read_records(args.prepared / "clean" / "train.parquet")
-        pools = defender_pools(
-            clean_train["label"].to_numpy(),
-            params.num_classes,
-            params.detect.flip_per_class,
-            params.distill.clean_per_class,
-            params.seed,
-        )
+        pools = pools_for(params, clean_train)
         flip = flipped_set(clean_train, pools.dmm, params.num_classes, params.detect.flip_ratio, params.seed)
-        victim = load_classifier(str(args.victim))
+        victim = load_classifier(str(args.victim), local=True)
         res = detect(
             victim, train, flip, params.detect, runtime, params.seed, params.model.max_length,
             params.evaluate.batch_size, callbacks=[tracker.callback],

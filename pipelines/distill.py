@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bedkd import cli
 from bedkd.config import load_params
-from bedkd.defender import defender_pools
+from bedkd.defender import pools_for
 from bedkd.distill import akd
 from bedkd.evaluate import cycle_evaluator, encode_eval_splits
 from bedkd.io import atomic_dir, read_records, read_scores, write_json
@@ -31,16 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     runtime = resolve_runtime()
     with stage_run(params, "distill", args.params) as tracker:
         clean_train = read_records(args.prepared / "clean" / "train.parquet")
-        pools = defender_pools(
-            clean_train["label"].to_numpy(),
-            params.num_classes,
-            params.detect.flip_per_class,
-            params.distill.clean_per_class,
-            params.seed,
-        )
+        pools = pools_for(params, clean_train)
         clean = clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
         punish = read_scores(args.detect / "selected.csv")[["text", "label"]]
-        victim = load_classifier(str(args.victim))
+        victim = load_classifier(str(args.victim), local=True)
         # Per-cycle curves on dev (clean dev + triggered dev): for plots only, never for selection.
         dev = encode_eval_splits(
             victim,

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     runtime = resolve_runtime()
     bs = params.evaluate.batch_size
     with stage_run(params, "evaluate", args.params, last_stage=True) as tracker:
-        victim = load_classifier(str(args.victim))
-        student = load_classifier(str(args.student))
+        victim = load_classifier(str(args.victim), local=True)
+        student = load_classifier(str(args.student), local=True)
         test = encode_eval_splits(
             victim, read_records(args.prepared / "clean" / "test.parquet"), read_records(args.poisoned / "test.parquet"),
             params.target_label, params.model.max_length,

@@ -21,7 +21,7 @@ import pandas as pd
 from filelock import FileLock
 
 from bedkd.config import Params, section_hash
-from bedkd.defender import defender_pools, flipped_set
+from bedkd.defender import DefenderPools, flipped_set, pools_for
 from bedkd.detect import detect, flagged_in_scan_order
 from bedkd.distill import akd
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
@@ -118,7 +118,7 @@ class TuneContext:
             if (path / "model.safetensors").is_file():
                 return False
             with atomic_dir(path) as tmp:
-                save_classifier(load_classifier(str(trained)), tmp)
+                save_classifier(load_classifier(str(trained), local=True), tmp)
         return True
 
     def victim(self, params: Params) -> Classifier:
@@ -139,7 +139,7 @@ class TuneContext:
                     save_classifier(clf, tmp)
                 self.stats.victim_trained += 1
                 log.info("victim %s trained and cached", key)
-        self._victims[key] = load_classifier(str(path))
+        self._victims[key] = load_classifier(str(path), local=True)
         return self._victims[key]
 
     def dev_splits(self, params: Params) -> EvalSplits:
@@ -157,14 +157,8 @@ class TuneContext:
             self._victim_dev_cacc[key] = r.cacc
         return self._victim_dev_cacc[key]
 
-    def _pools(self, params: Params):  # type: ignore[no-untyped-def]
-        return defender_pools(
-            self.data.clean_train["label"].to_numpy(),
-            params.num_classes,
-            params.detect.flip_per_class,
-            params.distill.clean_per_class,
-            params.seed,
-        )
+    def _pools(self, params: Params) -> DefenderPools:
+        return pools_for(params, self.data.clean_train)
 
     def detection(self, params: Params, holdout: int) -> Detection:
         path = self.cache_dir / "detect" / detect_key(params)
