@@ -73,3 +73,25 @@ def test_flip_ratio() -> None:
 
 def test_confusion_matrix() -> None:
     assert confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2) == [[1, 1], [0, 1]]
+
+
+def test_pools_for_params_matches_defender_pools() -> None:
+    import pandas as pd
+
+    from bedkd.config import Params, with_overrides
+    from bedkd.defender import pools_for
+
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(100)], "label": [i % 2 for i in range(100)]})
+    p = with_overrides(Params(), {"detect.flip_per_class": 5, "distill.clean_per_class": 10, "seed": 3})
+    got = pools_for(p, df)
+    want = defender_pools(df["label"].to_numpy(), 2, 5, 10, seed=3)
+    assert got.dmm.tolist() == want.dmm.tolist() and got.akd.tolist() == want.akd.tolist()
+
+
+def test_missing_checkpoint_folder_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bedkd.errors import BedkdError
+    from bedkd.modeling import load_classifier
+
+    with pytest.raises(BedkdError) as e:
+        load_classifier(str(tmp_path / "models" / "victim"), local=True)
+    assert "models/victim/config.json: model folder missing" in str(e.value)
