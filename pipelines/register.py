@@ -8,11 +8,11 @@ from pathlib import Path
 from bedkd import cli
 from bedkd.config import load_params
 from bedkd.errors import BedkdError
-from bedkd.io import read_json, read_records
+from bedkd.io import read_json
 from bedkd.modeling import load_classifier
 from bedkd.settings import get_settings
 from bedkd.tracking import base_tags, experiment_name, git_commit
-from bedkd.tracking.registry import file_sha256, register_student
+from bedkd.tracking.registry import data_evidence, register_student
 
 log = logging.getLogger("bedkd.register")
 
@@ -30,13 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.student / "model.safetensors").is_file():
         raise BedkdError(f"{args.student / 'model.safetensors'}: file not found (run dvc repro first)")
     metrics = read_json(args.metrics)
-    test_files = [args.prepared / "clean" / "test.parquet", args.poisoned / "test.parquet"]
-    tags = {
-        **base_tags(params, git_commit()),
-        "test_sha256": file_sha256(*test_files),
-        "train_sha256": file_sha256(args.poisoned / "train.parquet"),
-    }
-    example = read_records(test_files[0])["text"].head(2).tolist()
+    evidence, example = data_evidence(args.prepared, args.poisoned)
+    tags = {**base_tags(params, git_commit()), **evidence}
     res = register_student(
         args.student, params.model_name, metrics, tags, experiment_name(params), example, load=load_classifier
     )

@@ -220,27 +220,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _register_best(ctx: TuneContext, params: Params, best: dict[str, Any], args: Any, study: str) -> None:
-    from bedkd.io import read_records
-    from bedkd.tracking.registry import file_sha256, register_student
+    from bedkd.tracking.registry import data_evidence, register_student
 
     chosen = {k[len("param."):]: v for k, v in best.items() if k.startswith("param.")}
     tp = with_overrides(params, chosen, where=f"trial {best['number']}")
     victim_before = ctx.stats.victim_trained
-    result, student = ctx.run_trial(tp, tp.tune.mode, tp.tune.holdout)  # victim + DMM come from the cache
+    _, student = ctx.run_trial(tp, tp.tune.mode, tp.tune.holdout)  # victim + DMM come from the cache
     assert ctx.stats.victim_trained == victim_before, "victim should come from the cache"
     metrics = ctx.test_metrics(student, tp)
     with atomic_dir(args.student_out) as tmp:
         save_classifier(student, tmp)
     write_json(args.out / "test_metrics.json", metrics)
-    test_files = [args.prepared / "clean" / "test.parquet", args.poisoned / "test.parquet"]
-    tags = {
-        **base_tags(tp, git_commit()),
-        "test_sha256": file_sha256(*test_files),
-        "train_sha256": file_sha256(args.poisoned / "train.parquet"),
-        "optuna.study": study,
-        "optuna.trial": str(best["number"]),
-    }
-    example = read_records(test_files[0])["text"].head(2).tolist()
+    evidence, example = data_evidence(args.prepared, args.poisoned)
+    tags = {**base_tags(tp, git_commit()), **evidence, "optuna.study": study, "optuna.trial": str(best["number"])}
     res = register_student(args.student_out, tp.model_name, metrics, tags, experiment_name(tp), example, load=load_classifier)
     print(f"test {metrics}; {'registered' if res.created else 'already registered:'} {res.name} version {res.version} as candidate")
 

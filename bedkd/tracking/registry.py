@@ -27,6 +27,16 @@ def file_sha256(*paths: Path) -> str:
     return h.hexdigest()
 
 
+def data_evidence(prepared: Path, poisoned: Path) -> tuple[dict[str, str], list[str]]:
+    """Version tags fingerprinting the test/train data, and two test texts as the input example."""
+    import pandas as pd
+
+    test_files = [prepared / "clean" / "test.parquet", poisoned / "test.parquet"]
+    tags = {"test_sha256": file_sha256(*test_files), "train_sha256": file_sha256(poisoned / "train.parquet")}
+    example = pd.read_parquet(test_files[0], columns=["text"])["text"].astype(str).head(2).tolist()
+    return tags, example
+
+
 @dataclass(frozen=True)
 class Registered:
     name: str
