@@ -27,7 +27,7 @@ from bedkd.distill import akd
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.events import Callback
 from bedkd.io import atomic_dir, drop_ground_truth, read_records, read_scores, write_json
-from bedkd.modeling import Classifier, encode, load_classifier, predict_proba, save_classifier
+from bedkd.modeling import Classifier, Encoded, encode, load_classifier, predict_proba, save_classifier
 from bedkd.runtime import Runtime
 from bedkd.train_victim import train_classifier
 
@@ -188,13 +188,12 @@ class TuneContext:
     def clean_rows(self, params: Params) -> pd.DataFrame:
         return self.data.clean_train.iloc[self._pools(params).akd][["text", "label"]].reset_index(drop=True)
 
-    def proxy_asr(self, student: Classifier, holdout: pd.DataFrame, params: Params) -> float:
+    def proxy_asr(self, student: Classifier, holdout: Encoded, params: Params) -> float:
         """Share of held-out flagged rows the student still maps to their (suspicious) label."""
-        if holdout.empty:
+        if len(holdout) == 0:
             return float("nan")
-        enc = encode(student.tokenizer, holdout["text"].tolist(), holdout["label"].to_numpy(), params.model.max_length)
-        pred = predict_proba(student, enc, self.runtime, params.evaluate.batch_size).argmax(1)
-        return float((pred == holdout["label"].to_numpy()).mean())
+        pred = predict_proba(student, holdout, self.runtime, params.evaluate.batch_size).argmax(1)
+        return float((pred == holdout.labels.numpy()).mean())
 
     def run_trial(
         self, params: Params, mode: str, holdout: int, callbacks: Sequence[Callback] = ()
@@ -203,12 +202,14 @@ class TuneContext:
         det = self.detection(params, holdout)
         dev = self.dev_splits(params)
         bs = params.evaluate.batch_size
+        # Tokenised once: the proxy is evaluated every cycle in blind mode.
+        holdout = encode(victim.tokenizer, det.holdout["text"].tolist(), det.holdout["label"].to_numpy(), params.model.max_length)
 
         def per_cycle(student: Classifier) -> dict[str, float]:
             r = evaluate_classifier(student, dev, self.runtime, bs)
             out = {"dev/cacc": r.cacc, "dev/asr": r.asr}
             if mode == "blind":
-                out["dev/proxy_asr"] = self.proxy_asr(student, det.holdout, params)
+                out["dev/proxy_asr"] = self.proxy_asr(student, holdout, params)
             return out
 
         res = akd(
@@ -216,7 +217,7 @@ class TuneContext:
             params.model.max_length, per_cycle, callbacks,
         )
         last = res.history[-1]
-        proxy = last.get("dev/proxy_asr", self.proxy_asr(res.student, det.holdout, params))
+        proxy = last["dev/proxy_asr"] if "dev/proxy_asr" in last else self.proxy_asr(res.student, holdout, params)
         result = TrialResult(
             dev_cacc=last["dev/cacc"],
             dev_asr=proxy if mode == "blind" else last["dev/asr"],
