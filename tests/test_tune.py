@@ -160,3 +160,17 @@ def test_two_workers_share_a_postgres_study(project: Path, data_dir: Path) -> No
         with admin.connect() as c:
             c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.mark.slow
+def test_blind_mode_optimises_the_proxy(project: Path, data_dir: Path) -> None:
+    import pandas as pd
+
+    params = tune_params(project, "params_blind.yaml", mode="blind")
+    out = project / "reports" / "tune_blind"
+    run_tune(project, data_dir, "--params", str(params), "--n-trials", "2", "--study-name", "blind", "--out", str(out))
+    rows = pd.read_csv(out / "trials.csv")
+    assert len(rows) == 2
+    # The objective is the proxy on held-out flagged rows; the oracle ASR is only reported beside it.
+    assert (rows["asr"] == rows["proxy_asr"]).all()
+    assert rows["oracle_asr"].between(0, 1).all()
