@@ -86,34 +86,62 @@ class DistillLoss(_Section):
 
 
 class DetectParams(_Section):
+    """DMM. The field defaults are the released code's settings (see ``released``)."""
+
     flip_per_class: int = Field(default=80, ge=1)
     flip_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     loss: DistillLoss = DistillLoss(alpha=0.3, temperature=1.5)
     epochs: int = Field(default=20, ge=1, le=1000)
     lr: float = Field(default=3e-5, gt=0.0, le=1.0)
     batch_size: int = Field(default=16, ge=1, le=4096)
-    selection: Literal["released"] = "released"
-    threshold: float = Field(default=0.1, gt=0.0, le=1.0)
+    # Stop the flip distillation once the copy predicts this share of the flipped rows' (flipped)
+    # labels; None = always run ``epochs`` (released). The released run fits only ~7% of them.
+    stop_flip_acc: float | None = Field(default=None, gt=0.0, le=1.0)
+    # released: mean_c |p_victim - p_copy| (low = suspicious);
+    # agreement: 1 - p_copy(victim's label), + 1 where the victim disagrees with the file label.
+    score: Literal["released", "agreement"] = "released"
+    # released: seeded scan, threshold, scan_size cap, first ``keep`` agreeing rows;
+    # rank: rows under ``threshold`` whose victim prediction is their file label, most suspicious first, top ``keep``.
+    selection: Literal["released", "rank"] = "released"
+    threshold: float = Field(default=0.1, gt=0.0, le=2.0)
     scan_size: int = Field(default=128, ge=1)
     keep: int = Field(default=32, ge=1)
+    # Detection rounds; each later round retrains the copy from the victim on the flipped set plus
+    # ``pseudo_per_class`` training rows per label that the previous copy most clearly flipped
+    # (their labels flipped too). 1 = released (one round).
+    rounds: int = Field(default=1, ge=1, le=10)
+    pseudo_per_class: int = Field(default=500, ge=1)
+    # Flagged rows (the next ones after the kept rows) set aside, never punished: distill
+    # validates on them (share still mapped to their suspicious label = proxy ASR).
+    holdout: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _keep_le_scan(self) -> "DetectParams":
-        if self.keep > self.scan_size:
+        if self.selection == "released" and self.keep > self.scan_size:
             raise ValueError(f"keep ({self.keep}) must be <= scan_size ({self.scan_size})")
         return self
 
 
 class DistillParams(_Section):
+    """AKD. The field defaults are the released code's settings (see ``released``)."""
+
     clean_per_class: int = Field(default=320, ge=1)
     cycles: int = Field(default=50, ge=1, le=10000)
     loss: DistillLoss = DistillLoss(alpha=0.3, temperature=2.5)
-    # Scale of the negated loss on detected rows (1.0 = released code).
+    # ascent: minimise -punish_weight * L on the detected rows (released; unbounded);
+    # complement: minimise punish_weight * -log(1 - p_student(flagged label)) (bounded below by 0).
+    punish: Literal["ascent", "complement"] = "ascent"
+    # Scale of the punish term (1.0 = released code).
     punish_weight: float = Field(default=1.0, ge=0.0)
     lr: float = Field(default=3e-5, gt=0.0, le=1.0)
     batch_size: int = Field(default=16, ge=1, le=4096)
     # Evaluate dev CACC / ASR every n cycles (the last cycle is always evaluated).
     eval_every: int = Field(default=1, ge=1)
+    # last: keep the final cycle (released); best: the cycle with the lowest proxy ASR on the
+    # held-out flagged rows among those whose accuracy on the defender's validation rows (the DMM
+    # pool with its true labels) is within ``max_val_drop`` of the victim's. Never test data.
+    select: Literal["last", "best"] = "last"
+    max_val_drop: float = Field(default=0.02, ge=0.0, le=1.0)
 
 
 class EvaluateParams(_Section):
@@ -160,12 +188,17 @@ TUNABLE = (
     "detect.epochs",
     "detect.threshold",
     "detect.keep",
+    "detect.stop_flip_acc",
+    "detect.rounds",
+    "detect.pseudo_per_class",
+    "detect.lr",
     "distill.cycles",
     "distill.loss.alpha",
     "distill.loss.temperature",
     "distill.loss.hidden_weight",
     "distill.punish_weight",
     "distill.lr",
+    "distill.max_val_drop",
 )
 
 
@@ -208,6 +241,39 @@ class TuneParams(_Section):
         return self
 
 
+DEFENSES = ("finetune", "kd", "released", "bedkd")
+Defense = Literal["finetune", "kd", "released", "bedkd"]
+
+
+class CompareParams(_Section):
+    """The comparison harness: defenses x cells x seeds on one victim per cell.
+
+    A cell is ``dataset/attack``; its victim is trained once with the top-level seed and the
+    ``train_victim`` settings. ``seeds`` are the defender's seeds (its clean rows, the DMM/AKD
+    randomness), per defense so that expensive baselines can run on fewer.
+    """
+
+    cells: tuple[str, ...] = ("sst-2/badnets", "sst-2/addsent", "sst-2/syntactic", "sst-2/style")
+    seeds: dict[Defense, tuple[int, ...]] = Field(
+        default_factory=lambda: {"finetune": (0, 1, 2), "kd": (0, 1, 2), "released": (0,), "bedkd": (0, 1, 2)}
+    )
+    # finetune baseline: plain CE fine-tuning of the victim on the defender's clean rows.
+    finetune: TrainVictimParams = TrainVictimParams(epochs=3, lr=3e-5, batch_size=16)
+
+    @model_validator(mode="after")
+    def _cells(self) -> "CompareParams":
+        if not self.cells:
+            raise ValueError("cells: empty")
+        for cell in self.cells:
+            dataset, _, attack = cell.partition("/")
+            if dataset not in DATASETS or attack not in ATTACKS:
+                raise ValueError(f"cells: {cell!r} is not dataset/attack (datasets {', '.join(DATASETS)}; attacks {', '.join(ATTACKS)})")
+        for defense, seeds in self.seeds.items():
+            if len(set(seeds)) != len(seeds) or any(x < 0 for x in seeds):
+                raise ValueError(f"seeds.{defense}: seeds must be distinct and >= 0")
+        return self
+
+
 # pydantic warns that the field "register" shadows ABCMeta.register on the class; instances
 # resolve params.register to the field, which is all we use, and the name matches the stage.
 with warnings.catch_warnings():
@@ -225,6 +291,7 @@ with warnings.catch_warnings():
         register: RegisterParams = RegisterParams()
         promote: PromoteParams = PromoteParams()
         tune: TuneParams = TuneParams()
+        compare: CompareParams = CompareParams()
 
         @model_validator(mode="after")
         def _target_in_range(self) -> "Params":
@@ -257,6 +324,17 @@ with warnings.catch_warnings():
         def poison_rate(self) -> float:
             r = self.poison.rate
             return DEFAULT_RATE[self.poison.attack] if r is None else r
+
+
+def released(params: Params) -> Params:
+    """``params`` with the faithful BeDKD detect and distill settings (the model defaults).
+
+    The defender's data budget (flip_per_class, clean_per_class) and the evaluation cadence are
+    kept, so a comparison changes the method only.
+    """
+    detect = DetectParams(flip_per_class=params.detect.flip_per_class)
+    distill = DistillParams(clean_per_class=params.distill.clean_per_class, eval_every=params.distill.eval_every)
+    return params.model_copy(update={"detect": detect, "distill": distill})
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

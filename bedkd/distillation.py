@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bedkd.config import DistillLoss
-from bedkd.losses import distill_loss
+from bedkd.losses import complement_loss, distill_loss
 from bedkd.modeling import Classifier, Encoded, Outputs, infer, pad_id_of, train_batches
 from bedkd.runtime import Runtime
 
@@ -95,3 +95,29 @@ def distill_pass(
         sums["kl"] += parts.kl * k
         sums["mse"] += parts.mse * k
     return {key: v / max(n, 1) for key, v in sums.items()}
+
+
+def complement_pass(
+    student: Classifier,
+    enc: Encoded,
+    weight: float,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    rng: np.random.Generator,
+    batch_size: int,
+) -> dict[str, float]:
+    """One epoch over flagged rows minimising ``weight * complement_loss`` (no teacher needed)."""
+    model = student.model
+    model.train()
+    pad = pad_id_of(student.tokenizer)
+    total, n = 0.0, 0
+    for b in train_batches(enc, batch_size, rng, pad, runtime.device):
+        with runtime.autocast():
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        loss = complement_loss(logits, b.labels)
+        optimizer.zero_grad(set_to_none=True)
+        (weight * loss).backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(b.index)
+        n += len(b.index)
+    return {"complement": total / max(n, 1)}

@@ -3,7 +3,8 @@
     L = alpha * CE(s, y) + (1 - alpha) * ( KL(softmax(t/T) || softmax(s/T)) + w_h * MSE(h_s, h_t) )
 
 s, t: student / teacher logits [B, k]; h_s, h_t: last hidden states [B, L, H], MSE over real
-(non-pad) tokens. AKD's punish pass uses -L on the detected rows.
+(non-pad) tokens. AKD's released punish pass uses -L on the detected rows; the bounded
+alternative is the complementary-label loss below.
 """
 
 from __future__ import annotations
@@ -59,3 +60,16 @@ def distill_loss(
         mse = torch.zeros((), device=s.device)
     total = alpha * ce + (1.0 - alpha) * (kl + hidden_weight * mse)
     return LossParts(total=total, ce=float(ce.detach()), kl=float(kl.detach()), mse=float(mse.detach()))
+
+
+def complement_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log(1 - p_s(y | x)), mean over the batch. [B, k] x [B] -> scalar, >= 0.
+
+    Pushes probability away from the flagged (suspicious) label without a target class, and,
+    unlike gradient ascent on CE/KL, is bounded below: it goes to 0 once p_s(y) -> 0, so the
+    punish pass stops pulling instead of diverging. Computed in log space for stability:
+    log(1 - p_y) = logsumexp over the other classes - logsumexp over all classes.
+    """
+    s = student_logits.float()
+    others = s.scatter(1, labels.unsqueeze(1), float("-inf"))
+    return (torch.logsumexp(s, dim=1) - torch.logsumexp(others, dim=1)).mean()

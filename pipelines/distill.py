@@ -8,7 +8,7 @@ from pathlib import Path
 from bedkd import cli
 from bedkd.config import load_params
 from bedkd.defender import pools_for
-from bedkd.distill import akd
+from bedkd.distill import Validation, akd
 from bedkd.evaluate import cycle_evaluator, encode_eval_splits
 from bedkd.io import atomic_dir, read_records, read_scores, write_json
 from bedkd.modeling import load_classifier, save_classifier
@@ -34,6 +34,14 @@ def main(argv: list[str] | None = None) -> None:
         pools = pools_for(params, clean_train)
         clean = clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
         punish = read_scores(args.detect / "selected.csv")[["text", "label"]]
+        scores = read_scores(args.detect / "scores.csv")
+        held = scores["holdout"].to_numpy().astype(bool) if "holdout" in scores.columns else None
+        # The defender's own validation rows: the DMM pool with its true labels (AKD never trains
+        # on it) and the flagged rows DMM set aside.
+        validation = Validation(
+            clean=clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
+            flagged=scores.loc[held, ["text", "label"]].reset_index(drop=True) if held is not None else scores.iloc[:0][["text", "label"]],
+        )
         victim = load_classifier(str(args.victim), local=True)
         # Per-cycle curves on dev (clean dev + triggered dev): for plots only, never for selection.
         dev = encode_eval_splits(
@@ -46,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         evaluate = cycle_evaluator(dev, runtime, params.evaluate.batch_size)
         res = akd(
             victim, clean, punish, params.distill, runtime, params.seed, params.model.max_length,
-            evaluate, callbacks=[tracker.callback],
+            evaluate, callbacks=[tracker.callback], validation=validation,
         )
+        tracker.log_metrics({"distill/chosen_cycle": float(res.chosen_cycle)})
         with atomic_dir(args.out) as tmp:
             save_classifier(res.student, tmp)
         write_json(args.cycles, res.history)

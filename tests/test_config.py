@@ -14,7 +14,7 @@ def test_repo_params_are_valid() -> None:
     p = load_params(ROOT / "params.yaml")
     assert p.data.dataset == "sst-2" and p.poison.attack == "badnets"
     assert p.target_label == 1 and p.poison_rate == 0.1
-    assert p.detect.flip_per_class == 80 and p.distill.cycles == 50
+    assert p.detect.flip_per_class == 80 and p.distill.clean_per_class == 320  # the released budget
     assert p.detect.loss.temperature == 1.5 and p.distill.loss.temperature == 2.5
 
 

@@ -23,10 +23,12 @@ def test_outputs_and_metrics_are_sane(project: Path) -> None:
     assert list(metrics) == sorted(metrics)
     for key in ("victim/cacc", "victim/asr", "student/cacc", "student/asr", "detect/auroc", "detect/precision", "detect/recall"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["detect/n_kept"] <= 32
+    assert metrics["detect/n_kept"] <= 256  # params.yaml detect.keep (rank selection)
     cycles = json.loads((project / "reports/distill/cycles.json").read_text())
-    assert [c["cycle"] for c in cycles] == list(range(1, CYCLES + 1))
-    assert all("dev/cacc" in c and "dev/asr" in c and "distill/punish/loss" in c for c in cycles)
+    # cycle 0 = the victim on the defender's validation rows; then one row per AKD cycle
+    assert [c["cycle"] for c in cycles] == list(range(0, CYCLES + 1))
+    assert "val/acc" in cycles[0] and "val/proxy_asr" in cycles[0]
+    assert all("dev/cacc" in c and "val/acc" in c and "distill/punish/complement" in c for c in cycles[1:])
     for png in ("cycles.png", "detection.png", "confusion_victim.png", "confusion_student.png"):
         assert (project / "reports/plots" / png).stat().st_size > 1000
     for model in ("victim", "dmm", "student"):

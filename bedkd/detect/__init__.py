@@ -1,8 +1,17 @@
-"""detect: the directional mapping module (DMM) of BeDKD, as released.
+"""detect: the directional mapping module (DMM) of BeDKD, released and improved.
 
 A copy of the victim is distilled from the victim on a small clean set with flipped labels. The
 clean mapping breaks, the backdoor mapping (trigger -> target) has no flipped counter-examples and
 survives, so rows on which the copy still agrees with the victim are suspicious.
+
+Released: 20 epochs at 0.3 CE / 0.7 KD barely move the copy (it fits ~7% of the flipped rows and
+still agrees with the victim on ~98% of the training rows), so only triggers the copy cannot
+forget at all (BadNets words) separate. Improved (all switches in ``DetectParams``): train until
+the copy actually fits the flipped rows (``stop_flip_acc``), score by the copy's confidence in the
+victim's label (``score: agreement``) and rank instead of thresholding a scan
+(``selection: rank``). On a binary task a copy whose clean mapping is flipped predicts the
+*opposite* of a clean row's label, while on a dirty-label poisoned row (content of the source
+class, label = target) both the flipped content and the surviving backdoor point to the target.
 
 This module sees the poisoned training set WITHOUT its ``is_poisoned`` column.
 """
@@ -18,6 +27,7 @@ import pandas as pd
 import torch
 
 from bedkd.config import DetectParams
+from bedkd.defender import flip_labels
 from bedkd.distillation import distill_pass, with_teacher
 from bedkd.events import Callback, Event, emit
 from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, infer, pad_id_of
@@ -29,6 +39,7 @@ class DetectResult:
     student: Classifier  # the DMM copy after flip distillation
     scores: pd.DataFrame  # one row per training row: text, label, score, victim_pred, student_pred, selected
     selected: np.ndarray  # indices (into the training set) of the rows kept for punishing
+    holdout: np.ndarray  # flagged rows set aside for validation (never punished)
     history: list[dict[str, float]] = field(default_factory=list)
     summary: dict[str, float] = field(default_factory=dict)
 
@@ -36,6 +47,37 @@ class DetectResult:
 def mapping_score(victim_probs: np.ndarray, student_probs: np.ndarray) -> np.ndarray:
     """mean_c |p_victim(c|x) - p_student(c|x)|, [N, k] x [N, k] -> [N]. Low = suspicious."""
     return np.abs(np.asarray(victim_probs) - np.asarray(student_probs)).mean(axis=1)
+
+
+def agreement_score(victim_probs: np.ndarray, student_probs: np.ndarray, file_label: np.ndarray) -> np.ndarray:
+    """1 - p_copy(victim's label | x), + 1 where the victim's label is not the file label. [N, k] -> [N].
+
+    Low = suspicious: the flipped copy still backs the victim. Rows whose file label the victim
+    does not even fit are pushed behind every other row (poisoned rows are fitted: that is the
+    backdoor).
+    """
+    v_pred = np.asarray(victim_probs).argmax(1)
+    p_agree = np.asarray(student_probs)[np.arange(len(v_pred)), v_pred]
+    return 1.0 - p_agree + (v_pred != np.asarray(file_label)).astype(np.float64)
+
+
+def score_rows(kind: str, victim_probs: np.ndarray, student_probs: np.ndarray, file_label: np.ndarray) -> np.ndarray:
+    if kind == "released":
+        return mapping_score(victim_probs, student_probs)
+    if kind == "agreement":
+        return agreement_score(victim_probs, student_probs, file_label)
+    raise ValueError(f"unknown score {kind!r}")
+
+
+def select_rank(score: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray, *, threshold: float, keep: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rank selection: rows with score < threshold whose victim prediction is their file label,
+    most suspicious first (ties by index); the first ``keep`` are punished, the next ``holdout``
+    validate. Returns (selected, holdout) index arrays."""
+    score = np.asarray(score)
+    ok = (score < threshold) & (np.asarray(victim_pred) == np.asarray(file_label))
+    cand = np.flatnonzero(ok)
+    ranked = cand[np.lexsort((cand, score[cand]))]
+    return ranked[:keep], ranked[keep : keep + holdout]
 
 
 def select_released(
@@ -65,6 +107,28 @@ def flagged_in_scan_order(score: np.ndarray, threshold: float, seed: int) -> np.
     return order[np.asarray(score)[order] < threshold]
 
 
+def flip_accuracy(student: Classifier, flip_enc: Encoded, runtime: Runtime, batch_size: int = 256) -> float:
+    """Share of the flipped set the copy predicts as its (flipped) training label."""
+    pred = infer(student.model, flip_enc, runtime, batch_size, pad_id_of(student.tokenizer)).probs().argmax(1)
+    return float((pred == flip_enc.labels.numpy()).mean())
+
+
+def pseudo_flip_rows(
+    score: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray, num_classes: int, per_class: int, seed: int
+) -> np.ndarray:
+    """Per file label, the ``per_class`` least suspicious rows (highest score) among those the
+    victim fits, ties broken by a seeded shuffle. Returns sorted training-row indices."""
+    rng = np.random.default_rng(seed)
+    score = np.asarray(score)
+    fits = np.asarray(victim_pred) == np.asarray(file_label)
+    out: list[np.ndarray] = []
+    for c in range(num_classes):
+        rows = np.flatnonzero(fits & (np.asarray(file_label) == c))
+        rows = rows[rng.permutation(len(rows))]
+        out.append(rows[np.argsort(-score[rows], kind="stable")][:per_class])
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
 def flip_distill(
     victim: Classifier,
     flip_enc: Encoded,
@@ -72,8 +136,10 @@ def flip_distill(
     runtime: Runtime,
     seed: int,
     callbacks: Sequence[Callback] = (),
+    first_epoch: int = 1,
 ) -> tuple[Classifier, list[dict[str, float]]]:
-    """Train the DMM copy: ``params.epochs`` passes of the distillation loss on the flipped set."""
+    """Train the DMM copy: up to ``params.epochs`` passes of the distillation loss on the flipped
+    set; with ``stop_flip_acc`` set, stop after the first epoch whose flip accuracy reaches it."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     need_hidden = params.loss.hidden_weight > 0
@@ -86,9 +152,15 @@ def flip_distill(
         t0 = time.perf_counter()
         parts = distill_pass(student, data, params.loss, opt, runtime, rng, params.batch_size, desc=f"detect epoch {epoch}/{params.epochs}")
         metrics = {f"detect/train/{k}": v for k, v in parts.items()}
+        done = False
+        if params.stop_flip_acc is not None:
+            metrics["detect/train/flip_acc"] = flip_accuracy(student, flip_enc, runtime)
+            done = metrics["detect/train/flip_acc"] >= params.stop_flip_acc
         metrics["epoch_s"] = time.perf_counter() - t0
         history.append({"epoch": float(epoch), **metrics})
-        emit(callbacks, Event("detect", epoch, metrics))
+        emit(callbacks, Event("detect", first_epoch + epoch - 1, metrics))
+        if done:
+            break
     student.model.eval()
     return student, history
 
@@ -103,8 +175,12 @@ def detect(
     max_length: int,
     eval_batch_size: int = 256,
     callbacks: Sequence[Callback] = (),
+    victim_probs: np.ndarray | None = None,
 ) -> DetectResult:
-    """Run DMM end to end. ``train`` must not carry ground truth (checked)."""
+    """Run DMM end to end. ``train`` must not carry ground truth (checked).
+
+    ``victim_probs`` [N, k]: the victim's probabilities on ``train`` when already computed (the
+    victim is frozen, so several seeds of one cell share them)."""
     if "is_poisoned" in train.columns:
         raise ValueError("detect must not see the is_poisoned column: pass io.drop_ground_truth(train)")
     tok = victim.tokenizer
@@ -113,17 +189,44 @@ def detect(
 
     train_enc = encode(tok, train["text"].tolist(), train["label"].to_numpy(), max_length)
     pad = pad_id_of(tok)
-    p_victim = infer(victim.model, train_enc, runtime, eval_batch_size, pad, desc="detect: victim scoring").probs()
+    if victim_probs is None:
+        p_victim = infer(victim.model, train_enc, runtime, eval_batch_size, pad, desc="detect: victim scoring").probs()
+    elif len(victim_probs) != len(train):
+        raise ValueError(f"victim_probs has {len(victim_probs)} rows, train has {len(train)}")
+    else:
+        p_victim = np.asarray(victim_probs)
     p_student = infer(student.model, train_enc, runtime, eval_batch_size, pad, desc="detect: student scoring").probs()
-    score = mapping_score(p_victim, p_student)
+    labels = train["label"].to_numpy()
+    score = score_rows(params.score, p_victim, p_student, labels)
+    num_classes = p_victim.shape[1]
+    for rnd in range(2, params.rounds + 1):
+        # Self-training: the rows the copy most clearly flips are clean with high confidence;
+        # flipping their labels too gives the next copy many more (free) flipped rows, so its
+        # inverted mapping generalises beyond the 2 x flip_per_class defender rows.
+        extra = pseudo_flip_rows(score, p_victim.argmax(1), labels, num_classes, params.pseudo_per_class, seed + rnd)
+        texts = flip_set["text"].tolist() + train["text"].iloc[extra].tolist()
+        flipped = np.concatenate([flip_set["label"].to_numpy(), flip_labels(labels[extra], num_classes)])
+        round_enc = encode(tok, texts, flipped, max_length)
+        student, more = flip_distill(victim, round_enc, params, runtime, seed + rnd, callbacks, first_epoch=len(history) + 1)
+        history += [{**h, "round": float(rnd)} for h in more]
+        p_student = infer(student.model, train_enc, runtime, eval_batch_size, pad, desc=f"detect: round {rnd} scoring").probs()
+        score = score_rows(params.score, p_victim, p_student, labels)
     v_pred = p_victim.argmax(1)
     s_pred = p_student.argmax(1)
-    labels = train["label"].to_numpy()
-    selected = select_released(
-        score, v_pred, labels, threshold=params.threshold, scan_size=params.scan_size, keep=params.keep, seed=seed
-    )
+    if params.selection == "rank":
+        selected, held = select_rank(score, v_pred, labels, threshold=params.threshold, keep=params.keep, holdout=params.holdout)
+    else:
+        selected = select_released(
+            score, v_pred, labels, threshold=params.threshold, scan_size=params.scan_size, keep=params.keep, seed=seed
+        )
+        # The next flagged rows in scan order that were not kept validate the purification.
+        sel_set = set(selected.tolist())
+        flagged = flagged_in_scan_order(score, params.threshold, seed)
+        held = np.array([i for i in flagged.tolist() if i not in sel_set][: params.holdout], dtype=np.int64)
     is_sel = np.zeros(len(train), dtype=bool)
     is_sel[selected] = True
+    is_held = np.zeros(len(train), dtype=bool)
+    is_held[held] = True
     scores = pd.DataFrame(
         {
             "text": train["text"].to_numpy(),
@@ -132,6 +235,7 @@ def detect(
             "victim_pred": v_pred,
             "student_pred": s_pred,
             "selected": is_sel,
+            "holdout": is_held,
         }
     )
     # How far the flip distillation moved the copy (no ground truth needed).
@@ -141,5 +245,7 @@ def detect(
         "detect/flip_acc": float((p_flip == flip_set["label"].to_numpy()).mean()),
         "detect/n_flagged": float((score < params.threshold).sum()),
         "detect/n_selected": float(len(selected)),
+        "detect/n_holdout": float(len(held)),
+        "detect/epochs_run": float(len(history)),
     }
-    return DetectResult(student=student, scores=scores, selected=selected, history=history, summary=summary)
+    return DetectResult(student=student, scores=scores, selected=selected, holdout=held, history=history, summary=summary)

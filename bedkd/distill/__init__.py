@@ -1,8 +1,14 @@
-"""distill: adversarial knowledge distillation (AKD) of BeDKD, as released.
+"""distill: adversarial knowledge distillation (AKD) of BeDKD, released and improved.
 
 The student starts as a copy of the victim (the teacher). Each cycle runs one *trust* pass
-(minimise L on the defender's clean rows) and one *punish* pass (minimise -punish_weight * L on
-the rows DMM selected). The final cycle's model is the output: no selection on test data.
+(minimise L on the defender's clean rows) and one *punish* pass on the rows DMM selected.
+
+Released (``DistillParams`` defaults): the punish pass is gradient ascent on L (``punish:
+ascent``), which has no lower bound (measured: CE on the punished rows climbs to ~19 and CACC/ASR
+swing 10-20 points between cycles), and the last cycle is kept (``select: last``).
+Improved: a bounded complementary-label punish term (``punish: complement``) and the cycle chosen
+on what a defender has (``select: best``): accuracy on its own validation rows (the DMM pool with
+true labels, never trained on here) and the proxy ASR on flagged rows held out of punishing.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from bedkd.config import DistillParams
-from bedkd.distillation import distill_pass, with_teacher
+from bedkd.distillation import complement_pass, distill_pass, with_teacher
 from bedkd.events import Callback, Event, emit
-from bedkd.modeling import Classifier, clone_classifier, encode
+from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, predict_proba
 from bedkd.runtime import Runtime
 
 # Called after a cycle with the student; returns e.g. {"dev/cacc": .., "dev/asr": ..}.
@@ -27,9 +33,41 @@ CycleEval = Callable[[Classifier], dict[str, float]]
 
 
 @dataclass(frozen=True)
+class Validation:
+    """What the defender validates a cycle on (no test data, no trigger knowledge)."""
+
+    clean: pd.DataFrame  # clean rows with true labels that AKD does not train on
+    flagged: pd.DataFrame  # flagged rows held out of punishing, with their (suspicious) file label
+
+
+@dataclass(frozen=True)
 class DistillResult:
     student: Classifier
     history: list[dict[str, float]] = field(default_factory=list)
+    chosen_cycle: int = 0  # the cycle whose weights ``student`` holds
+
+
+def pick_cycle(history: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float) -> int:
+    """The cycle with the lowest ``val/proxy_asr`` among cycles whose ``val/acc`` is within
+    ``max_val_drop`` of the victim's (ties: higher val/acc, then the earlier cycle); when no cycle
+    is within, the one with the best val/acc."""
+    rows = [h for h in history if "val/acc" in h]
+    if not rows:
+        raise ValueError("no validated cycle to pick from")
+    ok = [h for h in rows if h["val/acc"] >= victim_val_acc - max_val_drop - 1e-12]
+    if ok:
+        proxy = [h.get("val/proxy_asr", 0.0) for h in ok]
+        best = min(range(len(ok)), key=lambda i: (proxy[i] if proxy[i] == proxy[i] else 1.0, -ok[i]["val/acc"], ok[i]["cycle"]))
+        return int(ok[best]["cycle"])
+    return int(max(rows, key=lambda h: (h["val/acc"], -h["cycle"]))["cycle"])
+
+
+def _val_metrics(student: Classifier, clean: Encoded, flagged: Encoded, runtime: Runtime, batch_size: int) -> dict[str, float]:
+    out = {"val/acc": float((predict_proba(student, clean, runtime, batch_size).argmax(1) == clean.labels.numpy()).mean())}
+    if len(flagged):
+        pred = predict_proba(student, flagged, runtime, batch_size).argmax(1)
+        out["val/proxy_asr"] = float((pred == flagged.labels.numpy()).mean())
+    return out
 
 
 def akd(
@@ -42,38 +80,75 @@ def akd(
     max_length: int,
     evaluate: CycleEval | None = None,
     callbacks: Sequence[Callback] = (),
+    validation: Validation | None = None,
 ) -> DistillResult:
-    """Run AKD. ``clean``/``punish``: frames with text and label (punish: the detected rows)."""
-    if "is_poisoned" in punish.columns or "is_poisoned" in clean.columns:
+    """Run AKD. ``clean``/``punish``: frames with text and label (punish: the detected rows).
+
+    ``validation`` is required for ``select: best`` and, when given, logged every cycle
+    (``val/acc``, ``val/proxy_asr``); ``evaluate`` adds research curves (never used to pick).
+    """
+    frames = (clean, punish) + ((validation.clean, validation.flagged) if validation else ())
+    if any("is_poisoned" in f.columns for f in frames):
         raise ValueError("distill must not see the is_poisoned column")
+    if params.select == "best" and validation is None:
+        raise ValueError("distill.select=best needs validation rows (the defender's clean pool and held-out flagged rows)")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = victim.tokenizer
     need_hidden = params.loss.hidden_weight > 0
     trust_set = with_teacher(victim, encode(tok, clean["text"].tolist(), clean["label"].to_numpy(), max_length), runtime, 256, need_hidden)
+    punish_enc = encode(tok, punish["text"].tolist(), punish["label"].to_numpy(), max_length)
     punish_set = None
-    if len(punish) and params.punish_weight > 0:
-        punish_set = with_teacher(victim, encode(tok, punish["text"].tolist(), punish["label"].to_numpy(), max_length), runtime, 256, need_hidden)
+    if len(punish) and params.punish_weight > 0 and params.punish == "ascent":
+        punish_set = with_teacher(victim, punish_enc, runtime, 256, need_hidden)
+    do_punish = len(punish) > 0 and params.punish_weight > 0
+    val_clean = val_flagged = None
+    victim_val: dict[str, float] = {}
+    if validation is not None:
+        val_clean = encode(tok, validation.clean["text"].tolist(), validation.clean["label"].to_numpy(), max_length)
+        val_flagged = encode(tok, validation.flagged["text"].tolist(), validation.flagged["label"].to_numpy(), max_length)
+        victim_val = _val_metrics(victim, val_clean, val_flagged, runtime, 256)
     student = clone_classifier(victim)
     student.model.to(runtime.device)
     opt = torch.optim.Adam(student.model.parameters(), lr=params.lr)
     history: list[dict[str, float]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_cycle = 0
     bar = tqdm(range(1, params.cycles + 1), desc="distill cycles", disable=not runtime.progress)
     for cycle in bar:
         t0 = time.perf_counter()
         trust = distill_pass(student, trust_set, params.loss, opt, runtime, rng, params.batch_size)
         metrics = {f"distill/trust/{k}": v for k, v in trust.items()}
-        if punish_set is not None:
+        if do_punish and params.punish == "ascent":
+            assert punish_set is not None
             # Gradient ascent on L over the detected rows: move away from the teacher's mapping.
             pun = distill_pass(student, punish_set, params.loss, opt, runtime, rng, params.batch_size, sign=-params.punish_weight)
             metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
+        elif do_punish:
+            pun = complement_pass(student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size)
+            metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
         metrics["cycle_s"] = time.perf_counter() - t0
+        if val_clean is not None and val_flagged is not None:
+            metrics.update(_val_metrics(student, val_clean, val_flagged, runtime, 256))
         if evaluate is not None and (cycle % params.eval_every == 0 or cycle == params.cycles):
             metrics.update(evaluate(student))
-            student.model.train()
+        student.model.train()
         history.append({"cycle": float(cycle), **metrics})
         emit(callbacks, Event("distill", cycle, metrics))
+        if params.select == "best" and pick_cycle(history, victim_val["val/acc"], params.max_val_drop) == cycle:
+            # Kept on the CPU: one model copy (~90 MB for MiniLM), replaced when a better cycle comes.
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in student.model.state_dict().items()}
+            best_cycle = cycle
         if "dev/cacc" in metrics:
             bar.set_postfix(cacc=f"{metrics['dev/cacc']:.3f}", asr=f"{metrics.get('dev/asr', float('nan')):.3f}")
+    chosen = params.cycles
+    if params.select == "best" and best_state is not None:
+        student.model.load_state_dict(best_state)
+        chosen = best_cycle
     student.model.eval()
-    return DistillResult(student=student, history=history)
+    if victim_val:
+        history.insert(0, {"cycle": 0.0, **victim_val})
+    return DistillResult(student=student, history=history, chosen_cycle=chosen)
+
+
+__all__ = ["CycleEval", "DistillResult", "Validation", "akd", "pick_cycle"]

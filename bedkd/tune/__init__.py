@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
 
 from bedkd.config import Params, section_hash
 from bedkd.defender import DefenderPools, flipped_set, pools_for
 from bedkd.detect import detect, flagged_in_scan_order
-from bedkd.distill import akd
+from bedkd.distill import Validation, akd
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.events import Callback
 from bedkd.io import atomic_dir, drop_ground_truth, read_records, read_scores, write_json
@@ -178,8 +179,12 @@ class TuneContext:
                 self.stats.detect_computed += 1
         scores = read_scores(path / "scores.csv")
         sel = scores["selected"].to_numpy().astype(bool)
-        flagged = flagged_in_scan_order(scores["score"].to_numpy(), params.detect.threshold, params.seed)
-        held = [int(i) for i in flagged if not sel[i]][:holdout]
+        if params.detect.holdout > 0 and "holdout" in scores.columns:
+            # DMM already set rows aside (rank selection): validate on exactly those.
+            held = np.flatnonzero(scores["holdout"].to_numpy().astype(bool)).tolist()
+        else:
+            flagged = flagged_in_scan_order(scores["score"].to_numpy(), params.detect.threshold, params.seed)
+            held = [int(i) for i in flagged if not sel[i]][:holdout]
         return Detection(
             selected=scores.loc[sel, ["text", "label"]].reset_index(drop=True),
             holdout=scores.loc[held, ["text", "label"]].reset_index(drop=True),
@@ -212,11 +217,19 @@ class TuneContext:
                 out["dev/proxy_asr"] = self.proxy_asr(student, holdout, params)
             return out
 
+        validation = Validation(
+            clean=self.data.clean_train.iloc[self._pools(params).dmm][["text", "label"]].reset_index(drop=True),
+            flagged=det.holdout,
+        )
         res = akd(
             victim, self.clean_rows(params), det.selected, params.distill, self.runtime, params.seed,
-            params.model.max_length, per_cycle, callbacks,
+            params.model.max_length, per_cycle, callbacks, validation=validation,
         )
-        last = res.history[-1]
+        # The chosen cycle's row (the last one unless distill.select=best picked another).
+        last = next(h for h in res.history if int(h["cycle"]) == res.chosen_cycle)
+        if "dev/cacc" not in last:
+            r = evaluate_classifier(res.student, dev, self.runtime, bs)
+            last = {**last, "dev/cacc": r.cacc, "dev/asr": r.asr}
         proxy = last["dev/proxy_asr"] if "dev/proxy_asr" in last else self.proxy_asr(res.student, holdout, params)
         result = TrialResult(
             dev_cacc=last["dev/cacc"],

@@ -1,0 +1,286 @@
+"""compare: the defenses side by side on the same victim, clean budget and test rows.
+
+Defenses (``bedkd.config.DEFENSES``):
+- ``finetune``: CE fine-tuning of the victim on the defender's clean rows only;
+- ``kd``: AKD's trust distillation only (the ``bedkd`` distill settings, no punish, last cycle);
+- ``released``: the faithful BeDKD (``bedkd.config.released``);
+- ``bedkd``: the improved mode, i.e. the ``detect``/``distill`` sections of params.yaml.
+
+Every defense draws the same defender pools for a seed (80 flipped + 320 clean rows per class by
+default). Ground truth (``is_poisoned``) is read here only to grade the detector afterwards; the
+detector and AKD get the training set without it. Test data is touched once per trained model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bedkd.compare.cells import cell_key, materialise_cell
+from bedkd.config import Params, released, section_hash, with_overrides
+from bedkd.defender import defender_pools, flipped_set
+from bedkd.detect import detect
+from bedkd.distill import Validation, akd
+from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
+from bedkd.io import drop_ground_truth, read_json, read_records, write_json
+from bedkd.metrics import detection_metrics
+from bedkd.modeling import Classifier, clone_classifier, encode, infer, pad_id_of
+from bedkd.runtime import Runtime
+from bedkd.train_victim import train_classifier
+
+# Keys of a reports/comparison.json row, in the issue's order (JSON is written with sorted keys).
+ROW_KEYS = (
+    "dataset", "attack", "defense", "seeds", "victim_cacc", "victim_asr", "student_cacc", "student_asr",
+    "student_asr_std", "student_cacc_std", "detect_auroc", "detect_precision", "detect_recall", "wall_s", "machine",
+)
+
+
+def machine_name(runtime: Runtime) -> str:
+    """A short description of where the numbers came from."""
+    if runtime.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(runtime.device)}, {os.cpu_count()} CPU cores"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU only: {model}, {torch.get_num_threads()} threads"
+
+
+def cell_params(params: Params, cell: str) -> Params:
+    dataset, _, attack = cell.partition("/")
+    return with_overrides(params, {"data.dataset": dataset, "poison.attack": attack}, where="compare.cells")
+
+
+def defense_params(params: Params, defense: str, seed: int) -> Params:
+    """The params a defense runs with (``seed`` = the defender's seed)."""
+    p = params.model_copy(update={"seed": seed})
+    if defense == "released":
+        return released(p)
+    if defense == "kd":
+        return with_overrides(p, {"distill.punish_weight": 0.0, "distill.select": "last"})
+    return p
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One defense, one seed, one cell. Detector fields are None for detector-free defenses."""
+
+    dataset: str
+    attack: str
+    defense: str
+    seed: int
+    victim_cacc: float
+    victim_asr: float
+    student_cacc: float
+    student_asr: float
+    detect_auroc: float | None
+    detect_precision: float | None
+    detect_recall: float | None
+    n_kept: int | None
+    chosen_cycle: int | None
+    wall_s: float
+    machine: str
+
+
+@dataclass
+class Cell:
+    """A materialised cell with its victim and the frozen victim's cached outputs."""
+
+    params: Params
+    clean_train: pd.DataFrame
+    train: pd.DataFrame  # without is_poisoned: what the defender sees
+    is_poisoned: np.ndarray  # grading only
+    test: EvalSplits
+    victim: Classifier
+    victim_cacc: float
+    victim_asr: float
+    victim_train_probs: np.ndarray  # [N, k] on ``train``
+
+
+def load_cell(params: Params, folder: Path, victim: Classifier, runtime: Runtime) -> Cell:
+    poisoned = read_records(folder / "poisoned" / "train.parquet", required=("text", "label", "is_poisoned"))
+    test = encode_eval_splits(
+        victim, read_records(folder / "prepared" / "clean" / "test.parquet"), read_records(folder / "poisoned" / "test.parquet"),
+        params.target_label, params.model.max_length,
+    )
+    v = evaluate_classifier(victim, test, runtime, params.evaluate.batch_size)
+    train = drop_ground_truth(poisoned)
+    enc = encode(victim.tokenizer, train["text"].tolist(), train["label"].to_numpy(), params.model.max_length)
+    probs = infer(victim.model, enc, runtime, params.evaluate.batch_size, pad_id_of(victim.tokenizer)).probs()
+    return Cell(
+        params=params,
+        clean_train=read_records(folder / "prepared" / "clean" / "train.parquet"),
+        train=train,
+        is_poisoned=poisoned["is_poisoned"].to_numpy().astype(bool),
+        test=test,
+        victim=victim,
+        victim_cacc=v.cacc,
+        victim_asr=v.asr,
+        victim_train_probs=probs,
+    )
+
+
+def run_defense(cell: Cell, defense: str, seed: int, runtime: Runtime, machine: str) -> RunRecord:
+    """Train one defended model and grade it on test (and grade the detector, where there is one)."""
+    p = defense_params(cell.params, defense, seed)
+    t0 = time.perf_counter()
+    pools = defender_pools(cell.clean_train["label"].to_numpy(), p.num_classes, p.detect.flip_per_class, p.distill.clean_per_class, seed)
+    clean = cell.clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
+    det_auroc = det_prec = det_rec = None
+    n_kept = chosen = None
+    if defense == "finetune":
+        student = clone_classifier(cell.victim)
+        enc = encode(student.tokenizer, clean["text"].tolist(), clean["label"].to_numpy(), p.model.max_length)
+        train_classifier(student, enc, p.compare.finetune, runtime, seed, stage="compare/finetune")
+    else:
+        punish = clean.iloc[:0]
+        validation = None
+        if defense in ("released", "bedkd"):
+            flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)
+            res = detect(
+                cell.victim, cell.train, flip, p.detect, runtime, seed, p.model.max_length, p.evaluate.batch_size,
+                victim_probs=cell.victim_train_probs,
+            )
+            scores = res.scores
+            m = detection_metrics(scores["score"].to_numpy(), cell.is_poisoned, scores["selected"].to_numpy())
+            det_auroc, det_prec, det_rec, n_kept = m.auroc, m.precision, m.recall, m.n_kept
+            punish = scores.loc[scores["selected"].to_numpy(), ["text", "label"]].reset_index(drop=True)
+            validation = Validation(
+                clean=cell.clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
+                flagged=scores.loc[scores["holdout"].to_numpy(), ["text", "label"]].reset_index(drop=True),
+            )
+        out = akd(cell.victim, clean, punish, p.distill, runtime, seed, p.model.max_length, validation=validation)
+        student, chosen = out.student, out.chosen_cycle
+    wall = time.perf_counter() - t0
+    s = evaluate_classifier(student, cell.test, runtime, p.evaluate.batch_size)
+    return RunRecord(
+        dataset=p.data.dataset, attack=p.poison.attack, defense=defense, seed=seed,
+        victim_cacc=cell.victim_cacc, victim_asr=cell.victim_asr, student_cacc=s.cacc, student_asr=s.asr,
+        detect_auroc=det_auroc, detect_precision=det_prec, detect_recall=det_rec, n_kept=n_kept,
+        chosen_cycle=chosen, wall_s=wall, machine=machine,
+    )
+
+
+def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
+    """Cache key of one run: the cell, the victim and everything the defense reads."""
+    p = defense_params(params, defense, seed)
+    full = p.model_dump(mode="json")
+    parts = {k: full[k] for k in ("seed", "detect", "distill", "evaluate")}
+    if defense == "finetune":
+        parts = {"seed": seed, "finetune": full["compare"]["finetune"], "budget": [p.detect.flip_per_class, p.distill.clean_per_class]}
+    return section_hash({"cell": cell_key(params), "victim": victim_key, "defense": defense, **parts})
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None and not math.isnan(x)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _std(xs: Sequence[float]) -> float:
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def aggregate(records: Sequence[RunRecord]) -> list[dict[str, object]]:
+    """One row per dataset x attack x defense: means over seeds, sample std of student metrics."""
+    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.dataset, r.attack, r.defense), []).append(r)
+    rows: list[dict[str, object]] = []
+    for (dataset, attack, defense), rs in groups.items():
+        rows.append(
+            {
+                "dataset": dataset,
+                "attack": attack,
+                "defense": defense,
+                "seeds": sorted(r.seed for r in rs),
+                "victim_cacc": rs[0].victim_cacc,
+                "victim_asr": rs[0].victim_asr,
+                "student_cacc": _mean([r.student_cacc for r in rs]),
+                "student_asr": _mean([r.student_asr for r in rs]),
+                "student_cacc_std": _std([r.student_cacc for r in rs]),
+                "student_asr_std": _std([r.student_asr for r in rs]),
+                "detect_auroc": _mean([r.detect_auroc for r in rs]),
+                "detect_precision": _mean([r.detect_precision for r in rs]),
+                "detect_recall": _mean([r.detect_recall for r in rs]),
+                "wall_s": _mean([r.wall_s for r in rs]),
+                "machine": rs[0].machine,
+            }
+        )
+    return rows
+
+
+def render_markdown(rows: Sequence[dict[str, object]]) -> str:
+    """The comparison table as Markdown (percentages, mean ± std over the listed seeds)."""
+
+    def pct(x: object) -> str:
+        return "-" if x is None else f"{100 * float(x):.1f}"  # type: ignore[arg-type]
+
+    def pm(m: object, s: object) -> str:
+        return f"{pct(m)} ± {pct(s)}"
+
+    lines = [
+        "| dataset | attack | defense | seeds | victim CACC / ASR | CACC | ASR | detector AUROC | precision / recall (kept) | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        seeds = r["seeds"]
+        assert isinstance(seeds, list)
+        auroc = "-" if r["detect_auroc"] is None else f"{float(r['detect_auroc']):.3f}"  # type: ignore[arg-type]
+        pr = "-" if r["detect_precision"] is None else f"{pct(r['detect_precision'])} / {pct(r['detect_recall'])}"
+        lines.append(
+            f"| {r['dataset']} | {r['attack']} | {r['defense']} | {len(seeds)} | {pct(r['victim_cacc'])} / {pct(r['victim_asr'])} "
+            f"| {pm(r['student_cacc'], r['student_cacc_std'])} | {pm(r['student_asr'], r['student_asr_std'])} | {auroc} | {pr} "
+            f"| {float(r['wall_s']):.0f} |"  # type: ignore[arg-type]
+        )
+    return "\n".join(lines) + "\n"
+
+
+
+
+def run_grid(
+    params: Params,
+    data_dir: Path,
+    cache_dir: Path,
+    runtime: Runtime,
+    victim_for: Callable[[Params, Path], tuple[Classifier, str]],
+    on_record: Callable[[RunRecord], None] | None = None,
+) -> list[RunRecord]:
+    """Every cell x defense x seed of ``params.compare``; each finished run is cached as JSON
+    under ``cache_dir/compare`` so an interrupted grid resumes where it stopped.
+
+    ``victim_for(cell_params, cell_folder) -> (victim, victim_key)`` trains or loads the cell's victim.
+    """
+    machine = machine_name(runtime)
+    records: list[RunRecord] = []
+    for cell_name in params.compare.cells:
+        cp = cell_params(params, cell_name)
+        folder = materialise_cell(cp, data_dir, cache_dir / "cells")
+        victim, vkey = victim_for(cp, folder)
+        cell: Cell | None = None
+        for defense, seeds in params.compare.seeds.items():
+            for seed in seeds:
+                path = cache_dir / "compare" / f"{cp.data.dataset}-{cp.poison.attack}-{defense}-{seed}-{run_key(cp, defense, seed, vkey)}.json"
+                if path.is_file():
+                    rec = RunRecord(**read_json(path))
+                else:
+                    if cell is None:
+                        cell = load_cell(cp, folder, victim, runtime)
+                    rec = run_defense(cell, defense, seed, runtime, machine)
+                    write_json(path, asdict(rec))
+                records.append(rec)
+                if on_record is not None:
+                    on_record(rec)
+    return records

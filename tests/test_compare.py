@@ -1,0 +1,93 @@
+"""The comparison harness end to end on a tiny cell: every defense, resume, table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import bedkd.compare as compare
+from bedkd.compare import RunRecord, aggregate, render_markdown, run_grid
+from bedkd.config import Params, load_params, with_overrides
+from bedkd.runtime import resolve_runtime
+from bedkd.tune import Data, TuneContext, victim_key
+
+
+def _record(defense: str, seed: int, asr: float, cacc: float, auroc: float | None) -> RunRecord:
+    return RunRecord(
+        dataset="sst-2", attack="badnets", defense=defense, seed=seed, victim_cacc=0.9, victim_asr=1.0,
+        student_cacc=cacc, student_asr=asr, detect_auroc=auroc, detect_precision=None if auroc is None else 0.9,
+        detect_recall=None if auroc is None else 0.3, n_kept=None, chosen_cycle=None, wall_s=10.0 + seed, machine="m",
+    )
+
+
+def test_aggregate_means_and_sample_std_over_seeds() -> None:
+    rows = aggregate([_record("bedkd", 0, 0.0, 0.90, 0.99), _record("bedkd", 1, 0.02, 0.88, 0.97), _record("kd", 0, 0.5, 0.9, None)])
+    assert [r["defense"] for r in rows] == ["bedkd", "kd"]
+    b = rows[0]
+    assert set(b) == set(compare.ROW_KEYS)
+    assert b["seeds"] == [0, 1]
+    assert b["student_asr"] == pytest.approx(0.01) and b["student_asr_std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert b["student_cacc"] == pytest.approx(0.89) and b["detect_auroc"] == pytest.approx(0.98)
+    assert rows[1]["detect_auroc"] is None and rows[1]["student_asr_std"] == 0.0
+    md = render_markdown(rows)
+    assert "| sst-2 | badnets | bedkd | 2 | 90.0 / 100.0 | 89.0 ± 1.4 | 1.0 ± 1.4 | 0.980 |" in md
+    assert "| sst-2 | badnets | kd | 1 |" in md and "| - | - |" in md
+
+
+@pytest.mark.slow
+def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_model: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = with_overrides(
+        load_params(),
+        {
+            "data.max_rows": 300,
+            "model.backbone": str(tiny_model),
+            "model.max_length": 48,
+            "train_victim.epochs": 1,
+            "train_victim.batch_size": 16,
+            "train_victim.lr": 1e-4,
+            "detect.flip_per_class": 10,
+            "detect.epochs": 2,
+            "detect.batch_size": 8,
+            "detect.keep": 20,
+            "detect.holdout": 5,
+            "distill.clean_per_class": 20,
+            "distill.cycles": 2,
+            "distill.batch_size": 8,
+            "compare.cells": ["sst-2/badnets"],
+            "compare.seeds": {"finetune": [0], "kd": [0], "released": [0], "bedkd": [0, 1]},
+            "compare.finetune.epochs": 1,
+        },
+    )
+    runtime = resolve_runtime()
+    seen: list[str] = []
+
+    def victim_for(cp: Params, folder: Path):  # type: ignore[no-untyped-def]
+        ctx = TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, tmp_path / "cache")
+        assert "is_poisoned" not in ctx.data.train.columns
+        return ctx.victim(cp), victim_key(cp)
+
+    records = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for, lambda r: seen.append(r.defense))
+    assert seen == ["finetune", "kd", "released", "bedkd", "bedkd"]
+    by = {(r.defense, r.seed): r for r in records}
+    for r in records:
+        assert 0.0 <= r.student_cacc <= 1.0 and 0.0 <= r.student_asr <= 1.0 and r.wall_s > 0
+        assert r.victim_cacc == records[0].victim_cacc  # one victim per cell
+    for d in ("finetune", "kd"):
+        assert by[(d, 0)].detect_auroc is None
+    for d in ("released", "bedkd"):
+        assert 0.0 <= by[(d, 0)].detect_auroc <= 1.0
+    assert by[("released", 0)].n_kept <= 32 and by[("bedkd", 0)].n_kept <= 20
+    assert by[("kd", 0)].chosen_cycle == 2 and by[("released", 0)].chosen_cycle == 2
+    assert 1 <= by[("bedkd", 0)].chosen_cycle <= 2
+
+    # A second call reads every run from the cache: nothing is retrained.
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("run_defense called on a cached run")
+
+    monkeypatch.setattr(compare, "run_defense", boom)
+    again = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for)
+    assert [json.dumps(r.__dict__, sort_keys=True) for r in again] == [json.dumps(r.__dict__, sort_keys=True) for r in records]
+    rows = aggregate(again)
+    assert len(rows) == 4 and rows[-1]["seeds"] == [0, 1]

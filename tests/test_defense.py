@@ -1,0 +1,150 @@
+"""Mechanisms of the improved defense options (each switch in params has a test here)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bedkd.config import DetectParams, DistillParams, Params, load_params, released, with_overrides
+from bedkd.detect import agreement_score, mapping_score, score_rows, select_rank, select_released
+from bedkd.distill import pick_cycle
+from bedkd.errors import ConfigError
+from bedkd.losses import complement_loss
+
+
+def test_released_preset_is_the_model_defaults_with_the_budget_kept() -> None:
+    p = with_overrides(load_params(), {"detect.flip_per_class": 40, "distill.clean_per_class": 100})
+    r = released(p)
+    assert r.detect == DetectParams(flip_per_class=40)
+    assert r.distill == DistillParams(clean_per_class=100, eval_every=p.distill.eval_every)
+    assert (r.detect.loss.alpha, r.detect.epochs, r.detect.keep, r.distill.cycles) == (0.3, 20, 32, 50)
+    assert (r.detect.score, r.detect.selection, r.distill.punish, r.distill.select) == ("released", "released", "ascent", "last")
+    assert r.detect.stop_flip_acc is None and r.detect.holdout == 0
+    # everything else is untouched
+    assert r.model_dump(exclude={"detect", "distill"}) == p.model_dump(exclude={"detect", "distill"})
+
+
+def test_repo_params_run_the_improved_mode() -> None:
+    p = load_params()
+    assert (p.detect.score, p.detect.selection, p.distill.punish, p.distill.select) == ("agreement", "rank", "complement", "best")
+    assert p.detect.holdout > 0 and p.detect.stop_flip_acc is not None
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"detect.score": "confidence"}, "detect.score"),
+        ({"detect.selection": "top"}, "detect.selection"),
+        ({"distill.punish": "ascend"}, "distill.punish"),
+        ({"distill.select": "oracle"}, "distill.select"),
+        ({"detect.stop_flip_acc": 1.5}, "detect.stop_flip_acc"),
+        ({"compare.cells": ["sst-2/badnet"]}, "compare.cells"),
+        ({"compare.seeds": {"bedkd": [0, 0]}}, "compare.seeds"),
+        ({"compare.seeds": {"bedkd2": [0]}}, "compare.seeds"),
+    ],
+)
+def test_bad_switch_values_are_errors(override: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.split(".")[0]):
+        with_overrides(Params(), override)
+
+
+def test_rank_selection_may_keep_more_than_the_released_scan() -> None:
+    with pytest.raises(ConfigError):
+        with_overrides(Params(), {"detect.keep": 256})  # released scan caps at scan_size=128
+    p = with_overrides(Params(), {"detect.selection": "rank", "detect.keep": 256})
+    assert p.detect.keep == 256
+
+
+def test_agreement_score_ranks_rows_the_flipped_copy_still_backs() -> None:
+    victim = np.array([[0.1, 0.9], [0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    copy = np.array([[0.2, 0.8], [0.9, 0.1], [0.1, 0.9], [0.05, 0.95]])
+    labels = np.array([1, 1, 0, 0])  # row 3: the victim does not fit its file label
+    s = agreement_score(victim, copy, labels)
+    np.testing.assert_allclose(s, [0.2, 0.9, 0.9, 1.05])
+    # row 0 (copy agrees with victim) is more suspicious than row 1 (copy flipped)
+    assert s[0] < 0.5 < s[1]
+    np.testing.assert_allclose(score_rows("released", victim, copy, labels), mapping_score(victim, copy))
+    with pytest.raises(ValueError):
+        score_rows("nope", victim, copy, labels)
+
+
+def test_rank_selection_orders_filters_and_sets_aside_a_holdout() -> None:
+    score = np.array([0.30, 0.05, 0.60, 0.10, 0.05, 0.20, 0.40])
+    vpred = np.array([1, 1, 1, 0, 1, 1, 1])
+    label = np.array([1, 1, 1, 1, 1, 1, 1])  # row 3: victim disagrees with its label -> never kept
+    sel, held = select_rank(score, vpred, label, threshold=0.5, keep=3, holdout=2)
+    assert sel.tolist() == [1, 4, 5]  # most suspicious first, ties by index
+    assert held.tolist() == [0, 6]  # the next ones; row 2 is above the threshold
+    sel, held = select_rank(score, vpred, label, threshold=0.5, keep=10, holdout=5)
+    assert sel.tolist() == [1, 4, 5, 0, 6] and held.size == 0
+
+
+def test_released_selection_scans_and_caps() -> None:
+    rng = np.random.default_rng(0)
+    score = rng.uniform(0, 0.2, size=500)
+    vpred = np.ones(500, dtype=int)
+    label = np.ones(500, dtype=int)
+    sel = select_released(score, vpred, label, threshold=0.1, scan_size=50, keep=20, seed=3)
+    assert len(sel) == 20 and (score[sel] < 0.1).all()
+
+
+def test_complement_loss_is_bounded_and_pushes_the_flagged_label_down() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0], [1.0, 1.0]], requires_grad=True)
+    y = torch.tensor([0, 1, 0])
+    loss = complement_loss(logits, y)
+    p = torch.softmax(logits.detach(), 1)[torch.arange(3), y]
+    assert math.isclose(float(loss.detach()), float(-torch.log1p(-p).mean()), rel_tol=1e-5)
+    loss.backward()
+    # gradient descent lowers the flagged label's logit and raises the other
+    assert (logits.grad[torch.arange(3), y] > 0).all()
+    # bounded: a row the student already moved away from costs ~0, never negative
+    assert 0 <= float(complement_loss(torch.tensor([[-20.0, 20.0]]), torch.tensor([0]))) < 1e-6
+    # four classes: -log(1 - p_y) with p over all classes
+    l4 = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
+    p4 = torch.softmax(l4, 1)[0, 1]
+    assert math.isclose(float(complement_loss(l4, torch.tensor([1]))), float(-torch.log1p(-p4)), rel_tol=1e-5)
+
+
+def test_pick_cycle_prefers_low_proxy_within_the_accuracy_budget() -> None:
+    hist = [
+        {"cycle": 1.0, "val/acc": 0.88, "val/proxy_asr": 0.50},
+        {"cycle": 2.0, "val/acc": 0.80, "val/proxy_asr": 0.00},  # too big a drop
+        {"cycle": 3.0, "val/acc": 0.87, "val/proxy_asr": 0.10},
+        {"cycle": 4.0, "val/acc": 0.89, "val/proxy_asr": 0.10},  # same proxy, better acc
+    ]
+    assert pick_cycle(hist, victim_val_acc=0.89, max_val_drop=0.02) == 4
+    assert pick_cycle(hist, victim_val_acc=0.89, max_val_drop=0.10) == 2
+    # nothing within budget: the most accurate cycle
+    assert pick_cycle(hist, victim_val_acc=0.99, max_val_drop=0.01) == 4
+    with pytest.raises(ValueError):
+        pick_cycle([{"cycle": 1.0}], 0.9, 0.01)
+
+
+def test_pseudo_flip_rows_take_the_least_suspicious_fitted_rows_per_label() -> None:
+    from bedkd.detect import pseudo_flip_rows
+
+    score = np.array([0.9, 0.1, 0.95, 0.99, 0.2, 0.97, 0.5])
+    label = np.array([1, 1, 1, 0, 0, 0, 0])
+    vpred = np.array([1, 1, 1, 0, 0, 1, 0])  # row 5: the victim does not fit it
+    rows = pseudo_flip_rows(score, vpred, label, num_classes=2, per_class=2, seed=0)
+    assert rows.tolist() == [0, 2, 3, 6]
+
+
+def test_flip_distillation_stops_once_the_copy_fits_the_flipped_rows(tiny_model, data_dir) -> None:  # type: ignore[no-untyped-def]
+    from bedkd.config import DetectParams, DistillLoss
+    from bedkd.detect import flip_distill
+    from bedkd.modeling import encode, load_classifier
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    texts = ["a fine film", "a dull film", "great acting", "awful plot"] * 3
+    enc = encode(victim.tokenizer, texts, [0, 1, 0, 1] * 3, 32)
+    rt = resolve_runtime()
+    base = dict(epochs=6, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=1.0, hidden_weight=0.0))
+    _, full = flip_distill(victim, enc, DetectParams(**base), rt, seed=0)
+    assert len(full) == 6 and "detect/train/flip_acc" not in full[0]
+    _, early = flip_distill(victim, enc, DetectParams(**base, stop_flip_acc=0.01), rt, seed=0)
+    assert len(early) == 1 and early[0]["detect/train/flip_acc"] >= 0.01
