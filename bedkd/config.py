@@ -104,6 +104,10 @@ class DetectParams(_Section):
     # rank: rows under ``threshold`` whose victim prediction is their file label, most suspicious first, top ``keep``.
     selection: Literal["released", "rank"] = "released"
     threshold: float = Field(default=0.1, gt=0.0, le=2.0)
+    # rank selection, which label may be punished (an all-to-one backdoor has one target):
+    # none: any; majority: the most frequent label among the top keep + holdout candidates;
+    # excess: the label flagged most in excess of the copy's flag rate on clean reference rows.
+    label_filter: Literal["none", "majority", "excess"] = "none"
     scan_size: int = Field(default=128, ge=1)
     keep: int = Field(default=32, ge=1)
     # Detection rounds; each later round retrains the copy from the victim on the flipped set plus

@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def on_record(r: RunRecord) -> None:
         log.info(
-            "%s/%s %s seed %d: CACC %.4f ASR %.4f (victim %.4f / %.4f) AUROC %s %.0f s",
+            "%s/%s %s seed %d: CACC %.4f ASR %.4f (victim %.4f / %.4f) AUROC %s precision %s punished label %s cycle %s %.0f s",
             r.dataset, r.attack, r.defense, r.seed, r.student_cacc, r.student_asr, r.victim_cacc, r.victim_asr,
-            "-" if r.detect_auroc is None else f"{r.detect_auroc:.3f}", r.wall_s,
+            "-" if r.detect_auroc is None else f"{r.detect_auroc:.3f}",
+            "-" if r.detect_precision is None else f"{r.detect_precision:.3f}", r.punished_label, r.chosen_cycle, r.wall_s,
         )
         tags = {"git_commit": commit, "dataset": r.dataset, "attack": r.attack, "defense": r.defense, "bedkd.role": "compare"}
         with nested_run("bedkd/compare", f"{r.dataset}-{r.attack}-{r.defense}-s{r.seed}", tags, {"seed": r.seed}) as tr:

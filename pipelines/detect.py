@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         res = detect(
             victim, train, flip, params.detect, runtime, params.seed, params.model.max_length,
             params.evaluate.batch_size, callbacks=[tracker.callback],
+            reference=clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True),
         )
         with atomic_dir(args.out_model) as tmp:
             save_classifier(res.student, tmp)

@@ -41,6 +41,7 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"distill.punish": "ascend"}, "distill.punish"),
         ({"distill.select": "oracle"}, "distill.select"),
         ({"detect.stop_flip_acc": 1.5}, "detect.stop_flip_acc"),
+        ({"detect.label_filter": "target"}, "detect.label_filter"),
         ({"compare.cells": ["sst-2/badnet"]}, "compare.cells"),
         ({"compare.seeds": {"bedkd": [0, 0]}}, "compare.seeds"),
         ({"compare.seeds": {"bedkd2": [0]}}, "compare.seeds"),
@@ -80,6 +81,27 @@ def test_rank_selection_orders_filters_and_sets_aside_a_holdout() -> None:
     assert held.tolist() == [0, 6]  # the next ones; row 2 is above the threshold
     sel, held = select_rank(score, vpred, label, threshold=0.5, keep=10, holdout=5)
     assert sel.tolist() == [1, 4, 5, 0, 6] and held.size == 0
+
+
+def test_label_filters_pick_the_target_label() -> None:
+    from bedkd.detect import excess_label, majority_label
+
+    score = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+    label = np.array([1, 0, 1, 1, 0, 1])
+    vpred = label.copy()
+    sel, held = select_rank(score, vpred, label, threshold=0.5, keep=2, holdout=2)
+    assert sel.tolist() == [0, 1] and held.tolist() == [2, 3]
+    assert majority_label(score, vpred, label, threshold=0.5, top=4) == 1  # label 1 is 3 of the top 4
+    sel, held = select_rank(score, vpred, label, threshold=0.5, keep=2, holdout=2, only_label=1)
+    assert sel.tolist() == [0, 2] and held.tolist() == [3, 5]
+    # excess: class 0 is flagged more often in absolute terms, but its clean rows are flagged just
+    # as often (the copy failed to flip class 0); class 1 is flagged above its clean rate.
+    flagged = np.array([True] * 60 + [False] * 40 + [True] * 30 + [False] * 70)
+    labels = np.array([0] * 100 + [1] * 100)
+    ref_flagged = np.array([True] * 60 + [False] * 40 + [True] * 5 + [False] * 95)
+    ref_labels = np.array([0] * 100 + [1] * 100)
+    assert excess_label(flagged, labels, ref_flagged, ref_labels, 2) == 1
+    assert excess_label(flagged, labels, ~ref_flagged, ref_labels, 2) == 0
 
 
 def test_released_selection_scans_and_caps() -> None:

@@ -93,6 +93,7 @@ class RunRecord:
     chosen_cycle: int | None
     wall_s: float
     machine: str
+    punished_label: int | None = None  # the label detect chose to punish (label_filter), None = any
 
 
 @dataclass
@@ -140,7 +141,7 @@ def run_defense(cell: Cell, defense: str, seed: int, runtime: Runtime, machine: 
     pools = defender_pools(cell.clean_train["label"].to_numpy(), p.num_classes, p.detect.flip_per_class, p.distill.clean_per_class, seed)
     clean = cell.clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
     det_auroc = det_prec = det_rec = None
-    n_kept = chosen = None
+    n_kept = chosen = punished = None
     if defense == "finetune":
         student = clone_classifier(cell.victim)
         enc = encode(student.tokenizer, clean["text"].tolist(), clean["label"].to_numpy(), p.model.max_length)
@@ -152,11 +153,13 @@ def run_defense(cell: Cell, defense: str, seed: int, runtime: Runtime, machine: 
             flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)
             res = detect(
                 cell.victim, cell.train, flip, p.detect, runtime, seed, p.model.max_length, p.evaluate.batch_size,
-                victim_probs=cell.victim_train_probs,
+                victim_probs=cell.victim_train_probs, reference=clean,
             )
             scores = res.scores
             m = detection_metrics(scores["score"].to_numpy(), cell.is_poisoned, scores["selected"].to_numpy())
             det_auroc, det_prec, det_rec, n_kept = m.auroc, m.precision, m.recall, m.n_kept
+            target = int(res.summary["detect/target_label"])
+            punished = None if target < 0 else target
             punish = scores.loc[scores["selected"].to_numpy(), ["text", "label"]].reset_index(drop=True)
             validation = Validation(
                 clean=cell.clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
@@ -170,7 +173,7 @@ def run_defense(cell: Cell, defense: str, seed: int, runtime: Runtime, machine: 
         dataset=p.data.dataset, attack=p.poison.attack, defense=defense, seed=seed,
         victim_cacc=cell.victim_cacc, victim_asr=cell.victim_asr, student_cacc=s.cacc, student_asr=s.asr,
         detect_auroc=det_auroc, detect_precision=det_prec, detect_recall=det_rec, n_kept=n_kept,
-        chosen_cycle=chosen, wall_s=wall, machine=machine,
+        chosen_cycle=chosen, wall_s=wall, machine=machine, punished_label=punished,
     )
 
 
@@ -179,6 +182,9 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
     p = defense_params(params, defense, seed)
     full = p.model_dump(mode="json")
     parts = {k: full[k] for k in ("seed", "detect", "distill", "evaluate")}
+    if defense == "kd":  # no detector
+        parts = {k: full[k] for k in ("seed", "distill", "evaluate")}
+        parts["budget"] = [p.detect.flip_per_class, p.distill.clean_per_class]
     if defense == "finetune":
         parts = {"seed": seed, "finetune": full["compare"]["finetune"], "budget": [p.detect.flip_per_class, p.distill.clean_per_class]}
     return section_hash({"cell": cell_key(params), "victim": victim_key, "defense": defense, **parts})

@@ -69,15 +69,52 @@ def score_rows(kind: str, victim_probs: np.ndarray, student_probs: np.ndarray, f
     raise ValueError(f"unknown score {kind!r}")
 
 
-def select_rank(score: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray, *, threshold: float, keep: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rank selection: rows with score < threshold whose victim prediction is their file label,
-    most suspicious first (ties by index); the first ``keep`` are punished, the next ``holdout``
-    validate. Returns (selected, holdout) index arrays."""
+def select_rank(
+    score: np.ndarray,
+    victim_pred: np.ndarray,
+    file_label: np.ndarray,
+    *,
+    threshold: float,
+    keep: int,
+    holdout: int,
+    only_label: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank selection: rows with score < threshold whose victim prediction is their file label
+    (and, with ``only_label``, whose label is that one), most suspicious first (ties by index);
+    the first ``keep`` are punished, the next ``holdout`` validate. Returns (selected, holdout)."""
     score = np.asarray(score)
-    ok = (score < threshold) & (np.asarray(victim_pred) == np.asarray(file_label))
+    labels = np.asarray(file_label)
+    ok = (score < threshold) & (np.asarray(victim_pred) == labels)
+    if only_label is not None:
+        ok &= labels == only_label
     cand = np.flatnonzero(ok)
     ranked = cand[np.lexsort((cand, score[cand]))]
     return ranked[:keep], ranked[keep : keep + holdout]
+
+
+def majority_label(score: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray, *, threshold: float, top: int) -> int:
+    """The most frequent label among the ``top`` rank-selection candidates."""
+    ranked, _ = select_rank(score, victim_pred, file_label, threshold=threshold, keep=top, holdout=0)
+    labels = np.asarray(file_label)[ranked]
+    return int(np.bincount(labels).argmax()) if len(labels) else 0
+
+
+def excess_label(flagged: np.ndarray, file_label: np.ndarray, ref_flagged: np.ndarray, ref_label: np.ndarray, num_classes: int) -> int:
+    """The label whose training rows are flagged most in excess of its clean rows.
+
+    An all-to-one backdoor adds flagged rows to one label only (the target). A copy that fails to
+    flip one class flags that class's clean rows too, in the training set and in the defender's
+    clean reference rows alike; subtracting the reference rate cancels that. [N] bool, [N], [M]
+    bool, [M] -> label.
+    """
+    flagged, labels = np.asarray(flagged, dtype=bool), np.asarray(file_label)
+    ref_flagged, ref_label = np.asarray(ref_flagged, dtype=bool), np.asarray(ref_label)
+    excess = np.full(num_classes, -np.inf)
+    for c in range(num_classes):
+        n, m = (labels == c).sum(), (ref_label == c).sum()
+        if n and m:
+            excess[c] = flagged[labels == c].mean() - ref_flagged[ref_label == c].mean()
+    return int(np.argmax(excess))
 
 
 def select_released(
@@ -176,8 +213,12 @@ def detect(
     eval_batch_size: int = 256,
     callbacks: Sequence[Callback] = (),
     victim_probs: np.ndarray | None = None,
+    reference: pd.DataFrame | None = None,
 ) -> DetectResult:
     """Run DMM end to end. ``train`` must not carry ground truth (checked).
+
+    ``reference``: clean rows with true labels that the copy was not trained on (the AKD pool);
+    needed by ``label_filter: excess``.
 
     ``victim_probs`` [N, k]: the victim's probabilities on ``train`` when already computed (the
     victim is frozen, so several seeds of one cell share them)."""
@@ -213,8 +254,24 @@ def detect(
         score = score_rows(params.score, p_victim, p_student, labels)
     v_pred = p_victim.argmax(1)
     s_pred = p_student.argmax(1)
+    only_label: int | None = None
+    if params.label_filter == "majority":
+        only_label = majority_label(score, v_pred, labels, threshold=params.threshold, top=params.keep + params.holdout)
+    elif params.label_filter == "excess":
+        if reference is None or not len(reference):
+            raise ValueError("detect.label_filter=excess needs clean reference rows")
+        ref_enc = encode(tok, reference["text"].tolist(), reference["label"].to_numpy(), max_length)
+        ref_labels = reference["label"].to_numpy()
+        pv_ref = infer(victim.model, ref_enc, runtime, eval_batch_size, pad).probs()
+        ps_ref = infer(student.model, ref_enc, runtime, eval_batch_size, pad).probs()
+        ref_score = score_rows(params.score, pv_ref, ps_ref, ref_labels)
+        ref_flagged = (ref_score < params.threshold) & (pv_ref.argmax(1) == ref_labels)
+        flagged = (score < params.threshold) & (v_pred == labels)
+        only_label = excess_label(flagged, labels, ref_flagged, ref_labels, num_classes)
     if params.selection == "rank":
-        selected, held = select_rank(score, v_pred, labels, threshold=params.threshold, keep=params.keep, holdout=params.holdout)
+        selected, held = select_rank(
+            score, v_pred, labels, threshold=params.threshold, keep=params.keep, holdout=params.holdout, only_label=only_label
+        )
     else:
         selected = select_released(
             score, v_pred, labels, threshold=params.threshold, scan_size=params.scan_size, keep=params.keep, seed=seed
@@ -247,5 +304,6 @@ def detect(
         "detect/n_selected": float(len(selected)),
         "detect/n_holdout": float(len(held)),
         "detect/epochs_run": float(len(history)),
+        "detect/target_label": float(-1 if only_label is None else only_label),
     }
     return DetectResult(student=student, scores=scores, selected=selected, holdout=held, history=history, summary=summary)

@@ -171,7 +171,7 @@ class TuneContext:
                 flip = flipped_set(self.data.clean_train, self._pools(params).dmm, params.num_classes, params.detect.flip_ratio, params.seed)
                 res = detect(
                     self.victim(params), self.data.train, flip, params.detect, self.runtime, params.seed,
-                    params.model.max_length, params.evaluate.batch_size,
+                    params.model.max_length, params.evaluate.batch_size, reference=self.clean_rows(params),
                 )
                 with atomic_dir(path) as tmp:
                     res.scores.to_csv(tmp / "scores.csv", index_label="index")
