@@ -20,7 +20,7 @@ from bedkd.modeling import Classifier
 from bedkd.runtime import resolve_runtime
 from bedkd.settings import get_settings
 from bedkd.tracking import base_tags, git_commit, nested_run, project_root
-from bedkd.tune import Data, TuneContext, victim_key
+from bedkd.tune import Data, TuneContext
 
 log = logging.getLogger("bedkd.compare")
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("reports/comparison.json"))
     p.add_argument("--runs", type=Path, default=Path("reports/compare/runs.json"))
     p.add_argument("--table", type=Path, default=Path("reports/compare/comparison.md"))
+    p.add_argument("--cached-only", action="store_true", help="train nothing: tabulate the finished runs, list the missing ones")
     args = p.parse_args(argv)
     params = load_params(args.params)
     settings = get_settings()
@@ -37,10 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     cache = settings.cache_dir if settings.cache_dir.is_absolute() else project_root() / settings.cache_dir
     commit = git_commit()
 
-    def victim_for(cp: Params, folder: Path) -> tuple[Classifier, str]:
+    def victim_for(cp: Params, folder: Path) -> Classifier:
         # Victims are shared with the tuner's cache (same key: seed, data, poison, model, train_victim).
         ctx = TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, cache)
-        return ctx.victim(cp), victim_key(cp)
+        return ctx.victim(cp)
 
     def on_record(r: RunRecord) -> None:
         log.info(
@@ -53,7 +54,13 @@ def main(argv: list[str] | None = None) -> None:
         with nested_run("bedkd/compare", f"{r.dataset}-{r.attack}-{r.defense}-s{r.seed}", tags, {"seed": r.seed}) as tr:
             tr.log_metrics({k: float(v) for k, v in asdict(r).items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"})
 
-    records = run_grid(params, settings.data_dir, cache, runtime, victim_for, on_record)
+    missing: list[str] = []
+    records = run_grid(
+        params, settings.data_dir, cache, runtime, victim_for, None if args.cached_only else on_record,
+        cached_only=args.cached_only, on_missing=missing.append,
+    )
+    for m in missing:
+        log.warning("not run (left out of the table): %s", m)
     rows = aggregate(records)
     write_json(args.out, rows)
     write_json(args.runs, [asdict(r) for r in records])

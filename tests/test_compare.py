@@ -11,7 +11,7 @@ import bedkd.compare as compare
 from bedkd.compare import RunRecord, aggregate, render_markdown, run_grid
 from bedkd.config import Params, load_params, with_overrides
 from bedkd.runtime import resolve_runtime
-from bedkd.tune import Data, TuneContext, victim_key
+from bedkd.tune import Data, TuneContext
 
 
 def _record(defense: str, seed: int, asr: float, cacc: float, auroc: float | None) -> RunRecord:
@@ -66,7 +66,7 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
     def victim_for(cp: Params, folder: Path):  # type: ignore[no-untyped-def]
         ctx = TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, tmp_path / "cache")
         assert "is_poisoned" not in ctx.data.train.columns
-        return ctx.victim(cp), victim_key(cp)
+        return ctx.victim(cp)
 
     records = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for, lambda r: seen.append(r.defense))
     assert seen == ["finetune", "kd", "released", "bedkd", "bedkd"]
@@ -91,3 +91,10 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
     assert [json.dumps(r.__dict__, sort_keys=True) for r in again] == [json.dumps(r.__dict__, sort_keys=True) for r in records]
     rows = aggregate(again)
     assert len(rows) == 4 and rows[-1]["seeds"] == [0, 1]
+
+    # cached_only tabulates what exists and reports the rest without training anything.
+    more = with_overrides(params, {"compare.seeds": {"bedkd": [0, 1, 2], "kd": [0]}})
+    missing: list[str] = []
+    part = run_grid(more, data_dir, tmp_path / "cache", runtime, victim_for, cached_only=True, on_missing=missing.append)
+    assert [(r.defense, r.seed) for r in part] == [("bedkd", 0), ("bedkd", 1), ("kd", 0)]
+    assert missing == ["sst-2/badnets bedkd seed 2"]

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bedkd.compare.cells import cell_key, materialise_cell
+from bedkd.compare.cells import cell_folder, cell_key, materialise_cell
 from bedkd.config import Params, released, section_hash, with_overrides
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import detect
@@ -36,6 +36,7 @@ from bedkd.metrics import detection_metrics
 from bedkd.modeling import Classifier, clone_classifier, encode, infer, pad_id_of
 from bedkd.runtime import Runtime
 from bedkd.train_victim import train_classifier
+from bedkd.tune import victim_key
 
 # Keys of a reports/comparison.json row, in the issue's order (JSON is written with sorted keys).
 ROW_KEYS = (
@@ -261,29 +262,39 @@ def run_grid(
     data_dir: Path,
     cache_dir: Path,
     runtime: Runtime,
-    victim_for: Callable[[Params, Path], tuple[Classifier, str]],
+    victim_for: Callable[[Params, Path], Classifier],
     on_record: Callable[[RunRecord], None] | None = None,
+    *,
+    cached_only: bool = False,
+    on_missing: Callable[[str], None] | None = None,
 ) -> list[RunRecord]:
     """Every cell x defense x seed of ``params.compare``; each finished run is cached as JSON
     under ``cache_dir/compare`` so an interrupted grid resumes where it stopped.
 
-    ``victim_for(cell_params, cell_folder) -> (victim, victim_key)`` trains or loads the cell's victim.
+    ``victim_for(cell_params, cell_folder)`` trains or loads the cell's victim (only called when a
+    run has to be computed). ``cached_only``: compute nothing, return the finished runs and report
+    each missing one to ``on_missing`` (a table of an unfinished grid).
     """
     machine = machine_name(runtime)
     records: list[RunRecord] = []
     for cell_name in params.compare.cells:
         cp = cell_params(params, cell_name)
-        folder = materialise_cell(cp, data_dir, cache_dir / "cells")
-        victim, vkey = victim_for(cp, folder)
+        vkey = victim_key(cp)
+        folder = cell_folder(cp, cache_dir / "cells")
         cell: Cell | None = None
         for defense, seeds in params.compare.seeds.items():
             for seed in seeds:
                 path = cache_dir / "compare" / f"{cp.data.dataset}-{cp.poison.attack}-{defense}-{seed}-{run_key(cp, defense, seed, vkey)}.json"
                 if path.is_file():
                     rec = RunRecord(**read_json(path))
+                elif cached_only:
+                    if on_missing is not None:
+                        on_missing(f"{cell_name} {defense} seed {seed}")
+                    continue
                 else:
                     if cell is None:
-                        cell = load_cell(cp, folder, victim, runtime)
+                        folder = materialise_cell(cp, data_dir, cache_dir / "cells")
+                        cell = load_cell(cp, folder, victim_for(cp, folder), runtime)
                     rec = run_defense(cell, defense, seed, runtime, machine)
                     write_json(path, asdict(rec))
                 records.append(rec)

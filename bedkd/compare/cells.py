@@ -21,9 +21,13 @@ def cell_key(params: Params) -> str:
     return section_hash({k: full[k] for k in ("seed", "data", "poison")})
 
 
+def cell_folder(params: Params, root: Path) -> Path:
+    return Path(root) / f"{params.data.dataset}-{params.poison.attack}-{cell_key(params)}"
+
+
 def materialise_cell(params: Params, data_dir: Path, root: Path) -> Path:
     """Write ``<root>/<dataset>-<attack>-<key>/{prepared,poisoned}`` once; return the folder."""
-    folder = Path(root) / f"{params.data.dataset}-{params.poison.attack}-{cell_key(params)}"
+    folder = cell_folder(params, root)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if (folder / "poisoned" / "stats.json").is_file():
