@@ -105,6 +105,8 @@ class Encoded:
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: Sequence[int], max_length: int) -> Encoded:
     """Tokenise once; every epoch, cycle and evaluation reuses the ids."""
+    if len(texts) == 0:  # fast tokenizers fail on an empty batch (e.g. nothing to punish)
+        return Encoded(ids=[], labels=torch.zeros(0, dtype=torch.long))
     out = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
     ids = [torch.tensor(x, dtype=torch.long) for x in out["input_ids"]]
     return Encoded(ids=ids, labels=torch.tensor(np.asarray(labels, dtype=np.int64)))
