@@ -271,7 +271,7 @@ def run_grid(
     """Every cell x defense x seed of ``params.compare``; each finished run is cached as JSON
     under ``cache_dir/compare`` so an interrupted grid resumes where it stopped.
 
-    ``victim_for(cell_params, cell_folder)`` trains or loads the cell's victim (only called when a
+    ``on_record`` is called for each newly computed run. ``victim_for(cell_params, cell_folder)`` trains or loads the cell's victim (only called when a
     run has to be computed). ``cached_only``: compute nothing, return the finished runs and report
     each missing one to ``on_missing`` (a table of an unfinished grid).
     """
@@ -297,7 +297,7 @@ def run_grid(
                         cell = load_cell(cp, folder, victim_for(cp, folder), runtime)
                     rec = run_defense(cell, defense, seed, runtime, machine)
                     write_json(path, asdict(rec))
+                    if on_record is not None:  # new runs only: a resumed grid logs nothing twice
+                        on_record(rec)
                 records.append(rec)
-                if on_record is not None:
-                    on_record(rec)
     return records
