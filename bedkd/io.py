@@ -109,6 +109,8 @@ def read_scores(path: str | Path) -> pd.DataFrame:
     for col in ("index", "text", "label", "score"):
         if col not in df.columns:
             raise DataError(f"{path}: missing column {col!r}")
+    if df.empty:  # nothing selected: pandas cannot infer dtypes from a header alone
+        df = df.astype({"index": "int64", "label": "int64", "score": "float64"})
     if not pd.api.types.is_integer_dtype(df["label"]):
         raise DataError(f"{path}: column 'label' must be integer")
     return df
