@@ -18,7 +18,13 @@ TINY = {
     "model": {"max_length": 48},
     "poison": {"attack": "badnets"},
     "train_victim": {"epochs": 1, "batch_size": 16, "lr": 1.0e-4},
-    "detect": {"flip_per_class": 10, "epochs": 2, "batch_size": 8},
+    # The 1-epoch tiny victim maps everything to the target and its copy does not flip in 2
+    # epochs, so the agreement/rank detector flags nothing; the released detector still flags rows,
+    # which keeps the improved AKD (complement punish, holdout validation, best cycle) exercised.
+    "detect": {
+        "flip_per_class": 10, "epochs": 2, "batch_size": 8, "stop_flip_acc": None, "score": "released",
+        "selection": "released", "threshold": 0.1, "keep": 32, "holdout": 8,
+    },
     "distill": {"clean_per_class": 20, "cycles": CYCLES, "batch_size": 8},
     "evaluate": {"batch_size": 128},
 }
