@@ -105,3 +105,24 @@ def test_style_uses_aligned_rewrites(data_dir: Path) -> None:
     # Test: non-target rows with a non-empty rewrite.
     assert 0 < len(out.test) <= int((clean["test"]["label"] == 0).sum())
     assert (out.test["text"].str.len() > 0).all()
+
+
+@pytest.mark.parametrize("attack", ["badnets", "syntactic"])
+def test_stage_helpers_write_what_the_library_returns(tmp_path: Path, data_dir: Path, attack: str) -> None:
+    """prepare_for/write_prepared + poison_for/write_poisoned (shared by the stages and the
+    comparison harness) write exactly the rows ``poison`` returns, and leave nothing partial."""
+    from bedkd.config import Params
+    from bedkd.io import read_records
+    from bedkd.poison import poison_for, write_poisoned
+    from bedkd.prepare import prepare_for, write_prepared
+
+    params = Params.model_validate({"data": {"max_rows": 300}, "poison": {"attack": attack}})
+    manifest = write_prepared(prepare_for(params, data_dir), tmp_path / "prepared")
+    assert manifest["clean"]["rows"] == {"train": 300, "dev": 300, "test": 300}
+    assert (attack in manifest) == (attack == "syntactic")
+    out = poison_for(params, tmp_path / "prepared")
+    write_poisoned(tmp_path / "poisoned", out)
+    train = read_records(tmp_path / "poisoned" / "train.parquet")
+    pd.testing.assert_frame_equal(train, out.train.reset_index(drop=True), check_dtype=False)
+    assert int(train["is_poisoned"].sum()) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poisoned", "prepared"]  # no temp dirs left

@@ -8,11 +8,14 @@ distillation get the frame through ``bedkd.io.drop_ground_truth``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bedkd.config import Params
 from bedkd.errors import DataError
+from bedkd.io import atomic_dir, read_records, write_json, write_records
 
 INSERTION_ATTACKS = ("badnets", "addsent")
 
@@ -200,3 +203,36 @@ def poison(
     if attack == "style":
         return poison_style(clean, corpus, target, rate, seed)
     raise ValueError(f"unknown attack {attack!r}")
+
+
+def poison_for(params: Params, prepared: Path) -> PoisonedData:
+    """Read the prepare stage's output folder and ``poison`` it with the params file's settings."""
+    # Imported here: bedkd.prepare reads the corpora, poisoning only needs its attack table.
+    from bedkd.prepare import ATTACK_CORPUS
+
+    attack = params.poison.attack
+    clean = {s: read_records(prepared / "clean" / f"{s}.parquet") for s in ("train", "dev", "test")}
+    corpus = None
+    if attack in ATTACK_CORPUS:
+        names = ("train", "dev", "test", "replaced") if attack == "syntactic" else ("train", "dev", "test")
+        corpus = {s: read_records(prepared / attack / f"{s}.parquet") for s in names}
+    return poison(
+        attack,
+        clean,
+        corpus,
+        target=params.target_label,
+        rate=params.poison_rate,
+        seed=params.seed,
+        triggers=params.poison.badnets_triggers,
+        sentence=params.poison.addsent_sentence,
+        max_rows=params.data.max_rows,
+    )
+
+
+def write_poisoned(out: Path, data: PoisonedData) -> None:
+    """Write train/dev/test parquet and stats.json atomically (all or nothing)."""
+    with atomic_dir(out) as tmp:
+        write_records(tmp / "train.parquet", data.train)
+        write_records(tmp / "dev.parquet", data.dev)
+        write_records(tmp / "test.parquet", data.test)
+        write_json(tmp / "stats.json", data.stats)

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bedkd.config import NUM_CLASSES
+from bedkd.config import NUM_CLASSES, Params
 from bedkd.errors import ConfigError, DataError
+from bedkd.io import atomic_dir, write_json, write_records
 
 SPLITS = ("train", "dev", "test")
 # Accepted header spellings (after stripping spaces around each field).
@@ -197,6 +198,31 @@ def prepare(
         )
     out["clean"] = clean
     return out
+
+
+def prepare_for(params: Params, data_dir: Path) -> dict[str, PreparedCorpus]:
+    """``prepare`` with the params file's data/poison settings (the prepare stage and the harness)."""
+    return prepare(
+        dataset=params.data.dataset,
+        source=params.data.source,
+        attack=params.poison.attack,
+        data_dir=data_dir,
+        seed=params.seed,
+        max_rows=params.data.max_rows,
+    )
+
+
+def write_prepared(corpora: dict[str, PreparedCorpus], out: Path) -> dict[str, Any]:
+    """Write ``<out>/<corpus>/<split>.parquet`` and ``manifest.json`` atomically; return the manifest."""
+    manifest = {
+        name: {"sources": c.sources, "rows": {s: len(df) for s, df in c.splits.items()}} for name, c in corpora.items()
+    }
+    with atomic_dir(out) as tmp:
+        for name, corpus in corpora.items():
+            for split, df in corpus.splits.items():
+                write_records(tmp / name / f"{split}.parquet", df)
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
 
 
 def match_key(text: str) -> str:
