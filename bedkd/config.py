@@ -223,8 +223,6 @@ class TuneParams(_Section):
     # oracle: ASR on a triggered dev split (research benchmark); blind: proxy ASR on held-out flagged rows.
     mode: Literal["oracle", "blind"] = "oracle"
     max_cacc_drop: float = Field(default=0.01, ge=0.0, le=1.0)
-    # blind mode: flagged rows kept out of the punish set to measure the proxy ASR on.
-    holdout: int = Field(default=64, ge=1)
     population_size: int = Field(default=8, ge=2)
     # single objective only (Optuna cannot prune multi-objective studies):
     # median = prune below the median of earlier trials at the same cycle; threshold = prune
@@ -305,6 +303,14 @@ with warnings.catch_warnings():
                     f"poison.target_label={self.poison.target_label} is out of range for "
                     f"{self.data.dataset} ({k} classes)"
                 )
+            return self
+
+        @model_validator(mode="after")
+        def _blind_needs_holdout(self) -> "Params":
+            # One knob for the held-out flagged rows: blind tuning measures its proxy ASR on the
+            # rows detect sets aside (and distill validates on), so it cannot run without them.
+            if self.tune.mode == "blind" and self.detect.holdout == 0:
+                raise ValueError("tune.mode=blind measures the proxy ASR on detect.holdout rows: set detect.holdout > 0")
             return self
 
         @property

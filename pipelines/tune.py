@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
                         if trial.should_prune():
                             raise optuna.TrialPruned(f"pruned at cycle {event.step}")
 
-                result, _ = ctx.run_trial(tp, t.mode, t.holdout, callbacks=[tr.callback, prune])
+                result, _ = ctx.run_trial(tp, t.mode, callbacks=[tr.callback, prune])
                 final = {
                     "dev_cacc": result.dev_cacc,
                     "dev_asr": result.dev_asr,
@@ -225,7 +225,7 @@ def _register_best(ctx: TuneContext, params: Params, best: dict[str, Any], args:
     chosen = {k[len("param."):]: v for k, v in best.items() if k.startswith("param.")}
     tp = with_overrides(params, chosen, where=f"trial {best['number']}")
     victim_before = ctx.stats.victim_trained
-    _, student = ctx.run_trial(tp, tp.tune.mode, tp.tune.holdout)  # victim + DMM come from the cache
+    _, student = ctx.run_trial(tp, tp.tune.mode)  # victim + DMM come from the cache
     assert ctx.stats.victim_trained == victim_before, "victim should come from the cache"
     metrics = ctx.test_metrics(student, tp)
     with atomic_dir(args.student_out) as tmp:

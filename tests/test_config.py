@@ -29,6 +29,8 @@ def test_repo_params_are_valid() -> None:
         ("data: {dataset: sst-2}\npoison:\n  target_label: 3\n", "target_label"),
         ("detect: {keep: 200, scan_size: 128}\n", "detect"),
         ("sede: 1\n", "sede"),
+        ("tune: {mode: blind}\n", "detect.holdout"),  # blind proxy needs held-out flagged rows
+        ("tune: {holdout: 64}\n", "tune.holdout"),  # the one knob is detect.holdout
     ],
 )
 def test_bad_params_fail_with_one_line(tmp_path: Path, text: str, field: str) -> None:

@@ -23,7 +23,7 @@ from filelock import FileLock
 
 from bedkd.config import Params, section_hash
 from bedkd.defender import DefenderPools, flipped_set, pools_for
-from bedkd.detect import detect, flagged_in_scan_order
+from bedkd.detect import detect
 from bedkd.distill import Validation, akd
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.events import Callback
@@ -161,7 +161,7 @@ class TuneContext:
     def _pools(self, params: Params) -> DefenderPools:
         return pools_for(params, self.data.clean_train)
 
-    def detection(self, params: Params, holdout: int) -> Detection:
+    def detection(self, params: Params) -> Detection:
         path = self.cache_dir / "detect" / detect_key(params)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
@@ -179,12 +179,8 @@ class TuneContext:
                 self.stats.detect_computed += 1
         scores = read_scores(path / "scores.csv")
         sel = scores["selected"].to_numpy().astype(bool)
-        if params.detect.holdout > 0 and "holdout" in scores.columns:
-            # DMM already set rows aside (rank selection): validate on exactly those.
-            held = np.flatnonzero(scores["holdout"].to_numpy().astype(bool)).tolist()
-        else:
-            flagged = flagged_in_scan_order(scores["score"].to_numpy(), params.detect.threshold, params.seed)
-            held = [int(i) for i in flagged if not sel[i]][:holdout]
+        # The rows detect set aside (detect.holdout, never punished): blind mode's proxy ASR.
+        held = scores["holdout"].to_numpy().astype(bool) if "holdout" in scores.columns else np.zeros(len(scores), dtype=bool)
         return Detection(
             selected=scores.loc[sel, ["text", "label"]].reset_index(drop=True),
             holdout=scores.loc[held, ["text", "label"]].reset_index(drop=True),
@@ -201,10 +197,10 @@ class TuneContext:
         return float((pred == holdout.labels.numpy()).mean())
 
     def run_trial(
-        self, params: Params, mode: str, holdout: int, callbacks: Sequence[Callback] = ()
+        self, params: Params, mode: str, callbacks: Sequence[Callback] = ()
     ) -> tuple[TrialResult, Classifier]:
         victim = self.victim(params)
-        det = self.detection(params, holdout)
+        det = self.detection(params)
         dev = self.dev_splits(params)
         bs = params.evaluate.batch_size
         # Tokenised once: the proxy is evaluated every cycle in blind mode.
