@@ -243,8 +243,10 @@ class TuneParams(_Section):
         return self
 
 
-DEFENSES = ("finetune", "kd", "released", "bedkd")
-Defense = Literal["finetune", "kd", "released", "bedkd"]
+# "clean" is a reference, not a defense: the victim's recipe on the unpoisoned training set. Its ASR
+# is what a backdoor-free model scores on the triggered rows (its own errors on non-target rows).
+DEFENSES = ("clean", "finetune", "kd", "released", "bedkd")
+Defense = Literal["clean", "finetune", "kd", "released", "bedkd"]
 
 
 class CompareParams(_Section):
@@ -257,7 +259,7 @@ class CompareParams(_Section):
 
     cells: tuple[str, ...] = ("sst-2/badnets", "sst-2/addsent", "sst-2/syntactic", "sst-2/style")
     seeds: dict[Defense, tuple[int, ...]] = Field(
-        default_factory=lambda: {"finetune": (0, 1, 2), "kd": (0, 1, 2), "released": (0,), "bedkd": (0, 1, 2)}
+        default_factory=lambda: {"clean": (0,), "finetune": (0, 1, 2), "kd": (0, 1, 2), "released": (0,), "bedkd": (0, 1, 2)}
     )
     # finetune baseline: plain CE fine-tuning of the victim on the defender's clean rows.
     finetune: TrainVictimParams = TrainVictimParams(epochs=3, lr=3e-5, batch_size=16)

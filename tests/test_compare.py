@@ -56,7 +56,7 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
             "distill.cycles": 2,
             "distill.batch_size": 8,
             "compare.cells": ["sst-2/badnets"],
-            "compare.seeds": {"finetune": [0], "kd": [0], "released": [0], "bedkd": [0, 1]},
+            "compare.seeds": {"clean": [0], "finetune": [0], "kd": [0], "released": [0], "bedkd": [0, 1]},
             "compare.finetune.epochs": 1,
         },
     )
@@ -69,13 +69,15 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
         return ctx.victim(cp)
 
     records = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for, lambda r: seen.append(r.defense))
-    assert seen == ["finetune", "kd", "released", "bedkd", "bedkd"]
+    assert seen == ["clean", "finetune", "kd", "released", "bedkd", "bedkd"]
     by = {(r.defense, r.seed): r for r in records}
     for r in records:
         assert 0.0 <= r.student_cacc <= 1.0 and 0.0 <= r.student_asr <= 1.0 and r.wall_s > 0
         assert r.victim_cacc == records[0].victim_cacc  # one victim per cell
-    for d in ("finetune", "kd"):
+    for d in ("clean", "finetune", "kd"):
         assert by[(d, 0)].detect_auroc is None
+    # The clean reference is trained on unpoisoned rows, once per dataset, and cached.
+    assert len(list((tmp_path / "cache" / "clean").glob("*/model.safetensors"))) == 1
     for d in ("released", "bedkd"):
         assert 0.0 <= by[(d, 0)].detect_auroc <= 1.0
     assert by[("released", 0)].n_kept <= 32 and by[("bedkd", 0)].n_kept <= 20
@@ -91,7 +93,7 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
     again = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for)
     assert [json.dumps(r.__dict__, sort_keys=True) for r in again] == [json.dumps(r.__dict__, sort_keys=True) for r in records]
     rows = aggregate(again)
-    assert len(rows) == 4 and rows[-1]["seeds"] == [0, 1]
+    assert len(rows) == 5 and rows[-1]["seeds"] == [0, 1]
 
     # cached_only tabulates what exists and reports the rest without training anything.
     more = with_overrides(params, {"compare.seeds": {"bedkd": [0, 1, 2], "kd": [0]}})
@@ -99,3 +101,18 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
     part = run_grid(more, data_dir, tmp_path / "cache", runtime, victim_for, cached_only=True, on_missing=missing.append)
     assert [(r.defense, r.seed) for r in part] == [("bedkd", 0), ("bedkd", 1), ("kd", 0)]
     assert missing == ["sst-2/badnets bedkd seed 2"]
+
+
+def test_clean_reference_is_one_model_per_dataset() -> None:
+    """The clean reference ignores the attack (one unpoisoned model serves every cell of a
+    dataset) but not the recipe, the backbone or the dataset."""
+    from bedkd.compare import cell_params, clean_model_key, run_key
+
+    p = load_params()
+    keys = {clean_model_key(cell_params(p, c)) for c in ("sst-2/badnets", "sst-2/addsent", "sst-2/syntactic", "sst-2/style")}
+    assert len(keys) == 1
+    assert clean_model_key(cell_params(p, "olid/badnets")) not in keys
+    assert clean_model_key(with_overrides(p, {"train_victim.epochs": 2})) not in keys
+    # ...while each cell still gets its own cached record (its own triggered test rows).
+    a, b = cell_params(p, "sst-2/badnets"), cell_params(p, "sst-2/style")
+    assert run_key(a, "clean", 0, "v") != run_key(b, "clean", 0, "v")

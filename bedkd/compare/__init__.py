@@ -1,6 +1,9 @@
 """compare: the defenses side by side on the same victim, clean budget and test rows.
 
 Defenses (``bedkd.config.DEFENSES``):
+- ``clean``: a reference, not a defense: the victim's backbone and recipe trained on the unpoisoned
+  training set (one model per dataset, cached). Its ASR is the floor a backdoor-free model of this
+  quality reaches: the share of triggered non-target rows it gets wrong anyway;
 - ``finetune``: CE fine-tuning of the victim on the defender's clean rows only;
 - ``kd``: AKD's trust distillation only (the ``bedkd`` distill settings, no punish, last cycle);
 - ``released``: the faithful BeDKD (``bedkd.config.released``);
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 
 from bedkd.compare.cells import cell_folder, cell_key, materialise_cell
 from bedkd.config import Params, released, section_hash, with_overrides
@@ -31,9 +35,9 @@ from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import detect
 from bedkd.distill import Validation, akd
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
-from bedkd.io import drop_ground_truth, read_json, read_records, write_json
+from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, write_json
 from bedkd.metrics import detection_metrics
-from bedkd.modeling import Classifier, clone_classifier, encode, infer, pad_id_of
+from bedkd.modeling import Classifier, clone_classifier, encode, infer, load_classifier, pad_id_of, save_classifier
 from bedkd.runtime import Runtime
 from bedkd.train_victim import train_classifier
 from bedkd.tune import victim_key
@@ -73,6 +77,37 @@ def defense_params(params: Params, defense: str, seed: int) -> Params:
     if defense == "kd":
         return with_overrides(p, {"distill.punish_weight": 0.0, "distill.select": "last"})
     return p
+
+
+def clean_model_key(params: Params) -> str:
+    """One clean reference model per dataset, backbone and training recipe (any attack)."""
+    full = params.model_dump(mode="json")
+    return section_hash({"clean": True, **{k: full[k] for k in ("seed", "data", "model", "train_victim")}})
+
+
+def clean_model(params: Params, clean_train: pd.DataFrame, runtime: Runtime, cache_dir: Path | None) -> tuple[Classifier, float]:
+    """The ``clean`` reference: ``train_victim`` on the unpoisoned training rows, seeded by
+    ``params.seed``. Cached under ``cache_dir/clean`` (shared by a dataset's attacks); returns the
+    model and its training seconds (as measured when it was trained)."""
+
+    def train() -> tuple[Classifier, float]:
+        t0 = time.perf_counter()
+        clf = load_classifier(params.model.backbone, params.num_classes, params.label_names, seed=params.seed)
+        enc = encode(clf.tokenizer, clean_train["text"].tolist(), clean_train["label"].to_numpy(), params.model.max_length)
+        train_classifier(clf, enc, params.train_victim, runtime, params.seed, stage="compare/clean")
+        return clf, time.perf_counter() - t0
+
+    if cache_dir is None:
+        return train()
+    path = Path(cache_dir) / "clean" / clean_model_key(params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not (path / "model.safetensors").is_file():
+            clf, wall = train()
+            with atomic_dir(path) as tmp:
+                save_classifier(clf, tmp)
+                write_json(tmp / "train.json", {"wall_s": wall})
+    return load_classifier(str(path), local=True), float(read_json(path / "train.json")["wall_s"])
 
 
 @dataclass(frozen=True)
@@ -135,10 +170,22 @@ def load_cell(params: Params, folder: Path, victim: Classifier, runtime: Runtime
     )
 
 
-def run_defense(cell: Cell, defense: str, seed: int, runtime: Runtime, machine: str) -> RunRecord:
-    """Train one defended model and grade it on test (and grade the detector, where there is one)."""
+def run_defense(
+    cell: Cell, defense: str, seed: int, runtime: Runtime, machine: str, cache_dir: Path | None = None
+) -> RunRecord:
+    """Train one defended model and grade it on test (and grade the detector, where there is one).
+    ``cache_dir``: where the ``clean`` reference model is cached (None: train it afresh)."""
     p = defense_params(cell.params, defense, seed)
     t0 = time.perf_counter()
+    if defense == "clean":
+        ref, wall = clean_model(p, cell.clean_train, runtime, cache_dir)
+        r = evaluate_classifier(ref, cell.test, runtime, p.evaluate.batch_size)
+        return RunRecord(
+            dataset=p.data.dataset, attack=p.poison.attack, defense=defense, seed=seed,
+            victim_cacc=cell.victim_cacc, victim_asr=cell.victim_asr, student_cacc=r.cacc, student_asr=r.asr,
+            detect_auroc=None, detect_precision=None, detect_recall=None, n_kept=None,
+            chosen_cycle=None, wall_s=wall, machine=machine,
+        )
     pools = defender_pools(cell.clean_train["label"].to_numpy(), p.num_classes, p.detect.flip_per_class, p.distill.clean_per_class, seed)
     clean = cell.clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
     det_auroc = det_prec = det_rec = None
@@ -188,6 +235,8 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
         parts["budget"] = [p.detect.flip_per_class, p.distill.clean_per_class]
     if defense == "finetune":
         parts = {"seed": seed, "finetune": full["compare"]["finetune"], "budget": [p.detect.flip_per_class, p.distill.clean_per_class]}
+    if defense == "clean":
+        parts = {"model": clean_model_key(p), "evaluate": full["evaluate"]}
     return section_hash({"cell": cell_key(params), "victim": victim_key, "defense": defense, **parts})
 
 
@@ -295,7 +344,7 @@ def run_grid(
                     if cell is None:
                         folder = materialise_cell(cp, data_dir, cache_dir / "cells")
                         cell = load_cell(cp, folder, victim_for(cp, folder), runtime)
-                    rec = run_defense(cell, defense, seed, runtime, machine)
+                    rec = run_defense(cell, defense, seed, runtime, machine, cache_dir)
                     write_json(path, asdict(rec))
                     if on_record is not None:  # new runs only: a resumed grid logs nothing twice
                         on_record(rec)
