@@ -9,10 +9,10 @@ from bedkd import cli
 from bedkd.config import load_params
 from bedkd.evaluate import encode_eval_splits, evaluate_classifier
 from bedkd.io import atomic_dir, drop_ground_truth, read_records, write_json
-from bedkd.modeling import encode, load_classifier, save_classifier
+from bedkd.modeling import save_classifier
 from bedkd.runtime import resolve_runtime
 from bedkd.tracking import stage_run
-from bedkd.train_victim import train_classifier
+from bedkd.train_victim import fit_classifier
 
 log = logging.getLogger("bedkd.train_victim")
 
@@ -28,9 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     runtime = resolve_runtime()
     with stage_run(params, "train_victim", args.params) as tracker:
         train = drop_ground_truth(read_records(args.poisoned / "train.parquet"))
-        clf = load_classifier(params.model.backbone, num_labels=params.num_classes, label_names=params.label_names, seed=params.seed)
-        enc = encode(clf.tokenizer, train["text"].tolist(), train["label"].to_numpy(), params.model.max_length)
-        history = train_classifier(clf, enc, params.train_victim, runtime, params.seed, callbacks=[tracker.callback])
+        clf, history = fit_classifier(params, train, runtime, callbacks=[tracker.callback])
         dev = encode_eval_splits(
             clf,
             read_records(args.prepared / "clean" / "dev.parquet"),

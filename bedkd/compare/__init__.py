@@ -39,7 +39,7 @@ from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, wri
 from bedkd.metrics import detection_metrics
 from bedkd.modeling import Classifier, clone_classifier, encode, infer, load_classifier, pad_id_of, save_classifier
 from bedkd.runtime import Runtime
-from bedkd.train_victim import train_classifier
+from bedkd.train_victim import fit_classifier, train_classifier
 from bedkd.tune import victim_key
 
 # Keys of a reports/comparison.json row, in the order (JSON is written with sorted keys).
@@ -92,9 +92,7 @@ def clean_model(params: Params, clean_train: pd.DataFrame, runtime: Runtime, cac
 
     def train() -> tuple[Classifier, float]:
         t0 = time.perf_counter()
-        clf = load_classifier(params.model.backbone, params.num_classes, params.label_names, seed=params.seed)
-        enc = encode(clf.tokenizer, clean_train["text"].tolist(), clean_train["label"].to_numpy(), params.model.max_length)
-        train_classifier(clf, enc, params.train_victim, runtime, params.seed, stage="compare/clean")
+        clf, _ = fit_classifier(params, clean_train, runtime, stage="compare/clean")
         return clf, time.perf_counter() - t0
 
     if cache_dir is None:

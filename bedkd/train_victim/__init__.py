@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from bedkd.config import TrainVictimParams
+from bedkd.config import Params, TrainVictimParams
 from bedkd.events import Callback, Event, emit
-from bedkd.modeling import Classifier, Encoded, pad_id_of, train_batches
+from bedkd.modeling import Classifier, Encoded, encode, load_classifier, pad_id_of, train_batches
 from bedkd.runtime import Runtime
 
 
@@ -74,3 +75,18 @@ def train_classifier(
         emit(callbacks, Event(stage, epoch, metrics))
     model.eval()
     return history
+
+
+def fit_classifier(
+    params: Params,
+    rows: pd.DataFrame,
+    runtime: Runtime,
+    callbacks: Sequence[Callback] = (),
+    stage: str = "train_victim",
+) -> tuple[Classifier, TrainHistory]:
+    """A fresh ``params.model.backbone`` classifier (head seeded by ``params.seed``) fine-tuned on
+    ``rows`` (text, label) with ``params.train_victim``: the victim, or the clean reference."""
+    clf = load_classifier(params.model.backbone, num_labels=params.num_classes, label_names=params.label_names, seed=params.seed)
+    enc = encode(clf.tokenizer, rows["text"].tolist(), rows["label"].to_numpy(), params.model.max_length)
+    history = train_classifier(clf, enc, params.train_victim, runtime, params.seed, callbacks, stage)
+    return clf, history

@@ -30,7 +30,7 @@ from bedkd.events import Callback
 from bedkd.io import atomic_dir, drop_ground_truth, read_records, read_scores, write_json
 from bedkd.modeling import Classifier, Encoded, encode, load_classifier, predict_proba, save_classifier
 from bedkd.runtime import Runtime
-from bedkd.train_victim import train_classifier
+from bedkd.train_victim import fit_classifier
 
 log = logging.getLogger("bedkd.tune")
 
@@ -133,9 +133,7 @@ class TuneContext:
             if (path / "model.safetensors").is_file():
                 self.stats.victim_reused += 1
             else:
-                clf = load_classifier(params.model.backbone, params.num_classes, params.label_names, seed=params.seed)
-                enc = encode(clf.tokenizer, self.data.train["text"].tolist(), self.data.train["label"].to_numpy(), params.model.max_length)
-                train_classifier(clf, enc, params.train_victim, self.runtime, params.seed)
+                clf, _ = fit_classifier(params, self.data.train, self.runtime)
                 with atomic_dir(path) as tmp:
                     save_classifier(clf, tmp)
                 self.stats.victim_trained += 1
