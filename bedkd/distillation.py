@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bedkd.config import DistillLoss
-from bedkd.losses import complement_loss, distill_loss
+from bedkd.losses import capped_ascent_loss, complement_loss, distill_loss
 from bedkd.modeling import Classifier, Encoded, Outputs, infer, pad_id_of, train_batches
 from bedkd.runtime import Runtime
 
@@ -54,8 +54,10 @@ def distill_pass(
     *,
     sign: float = 1.0,
     desc: str | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
-    """One epoch over ``data`` minimising ``sign * L``; returns mean loss parts (unsigned L)."""
+    """One epoch over ``data`` minimising ``sign * L``; returns mean loss parts (unsigned L).
+    ``scheduler`` (if any) is stepped after every optimizer step."""
     model = student.model
     model.train()
     pad = pad_id_of(student.tokenizer)
@@ -88,6 +90,8 @@ def distill_pass(
         optimizer.zero_grad(set_to_none=True)
         (sign * parts.total).backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         k = len(b.index)
         n += k
         sums["loss"] += float(parts.total.detach()) * k
@@ -105,8 +109,11 @@ def complement_pass(
     runtime: Runtime,
     rng: np.random.Generator,
     batch_size: int,
+    *,
+    cap: float | None = None,
 ) -> dict[str, float]:
-    """One epoch over flagged rows minimising ``weight * complement_loss`` (no teacher needed)."""
+    """One epoch over flagged rows (no teacher needed) minimising ``weight * complement_loss``, or
+    with ``cap`` set, ``weight * capped_ascent_loss(cap)``. Returns the mean loss under its name."""
     model = student.model
     model.train()
     pad = pad_id_of(student.tokenizer)
@@ -114,10 +121,10 @@ def complement_pass(
     for b in train_batches(enc, batch_size, rng, pad, runtime.device):
         with runtime.autocast():
             logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-        loss = complement_loss(logits, b.labels)
+        loss = complement_loss(logits, b.labels) if cap is None else capped_ascent_loss(logits, b.labels, cap)
         optimizer.zero_grad(set_to_none=True)
         (weight * loss).backward()
         optimizer.step()
         total += float(loss.detach()) * len(b.index)
         n += len(b.index)
-    return {"complement": total / max(n, 1)}
+    return {("complement" if cap is None else "capped_ascent"): total / max(n, 1)}

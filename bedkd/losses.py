@@ -73,3 +73,15 @@ def complement_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch
     s = student_logits.float()
     others = s.scatter(1, labels.unsqueeze(1), float("-inf"))
     return (torch.logsumexp(s, dim=1) - torch.logsumexp(others, dim=1)).mean()
+
+
+def capped_ascent_loss(student_logits: torch.Tensor, labels: torch.Tensor, cap: float) -> torch.Tensor:
+    """-mean_i min(CE_i, cap): gradient ascent on the flagged label's CE, bounded at ``cap`` nats.
+
+    [B, k] x [B] -> scalar in [-cap, 0]. A row stops contributing once p_s(y | x) < exp(-cap), so,
+    unlike the released ascent, the term cannot diverge; unlike ``complement_loss`` (whose logit
+    gradient p_s(y) fades as p_s(y) -> 0), it keeps a full-strength push (1 - p_s(y)) until the
+    cap, so the student learns that the flagged rows' trigger points *away* from the flagged label.
+    """
+    ce = F.cross_entropy(student_logits.float(), labels, reduction="none")
+    return -torch.clamp(ce, max=cap).mean()

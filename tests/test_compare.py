@@ -116,3 +116,17 @@ def test_clean_reference_is_one_model_per_dataset() -> None:
     # ...while each cell still gets its own cached record (its own triggered test rows).
     a, b = cell_params(p, "sst-2/badnets"), cell_params(p, "sst-2/style")
     assert run_key(a, "clean", 0, "v") != run_key(b, "clean", 0, "v")
+
+
+def test_run_keys_follow_what_each_defense_reads() -> None:
+    p = load_params()
+    key = lambda q, d: compare.run_key(q, d, 0, "victim")  # noqa: E731
+    punish = with_overrides(p, {"distill.punish": "capped_ascent", "distill.punish_cap": 3.0})
+    trust = with_overrides(p, {"distill.loss.temperature": 4.0})
+    warm = with_overrides(p, {"detect.warmup_ratio": 0.1})
+    # kd never punishes and has no detector: punish and detect knobs keep its cached runs valid
+    assert key(punish, "kd") == key(p, "kd") == key(warm, "kd")
+    assert key(trust, "kd") != key(p, "kd")
+    # bedkd reads all of them; the released preset fixes detect/distill, so none of them moves it
+    assert len({key(q, "bedkd") for q in (p, punish, trust, warm)}) == 4
+    assert len({key(q, "released") for q in (p, punish, trust, warm)}) == 1

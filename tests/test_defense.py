@@ -12,7 +12,8 @@ from bedkd.config import DetectParams, DistillParams, Params, load_params, relea
 from bedkd.detect import agreement_score, mapping_score, score_rows, select_rank, select_released
 from bedkd.distill import pick_cycle
 from bedkd.errors import ConfigError
-from bedkd.losses import complement_loss
+from bedkd.detect import warmup_schedule
+from bedkd.losses import capped_ascent_loss, complement_loss
 
 
 def test_released_preset_is_the_model_defaults_with_the_budget_kept() -> None:
@@ -39,6 +40,8 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"detect.score": "confidence"}, "detect.score"),
         ({"detect.selection": "top"}, "detect.selection"),
         ({"distill.punish": "ascend"}, "distill.punish"),
+        ({"distill.punish_cap": 0.0}, "distill.punish_cap"),
+        ({"detect.warmup_ratio": 1.5}, "detect.warmup_ratio"),
         ({"distill.select": "oracle"}, "distill.select"),
         ({"detect.stop_flip_acc": 1.5}, "detect.stop_flip_acc"),
         ({"detect.label_filter": "target"}, "detect.label_filter"),
@@ -128,6 +131,45 @@ def test_complement_loss_is_bounded_and_pushes_the_flagged_label_down() -> None:
     l4 = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
     p4 = torch.softmax(l4, 1)[0, 1]
     assert math.isclose(float(complement_loss(l4, torch.tensor([1]))), float(-torch.log1p(-p4)), rel_tol=1e-5)
+
+
+def test_capped_ascent_pushes_at_full_strength_until_the_cap_then_stops() -> None:
+    # rows: p_y = 0.5 (CE 0.69), p_y ~ 0.047 (CE 3.05, still under the cap), p_y ~ 5e-5 (CE 10, past it)
+    logits = torch.tensor([[0.0, 0.0], [3.0, 0.0], [10.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 1, 1])
+    cap = 4.6
+    loss = capped_ascent_loss(logits, y, cap)
+    ce = torch.nn.functional.cross_entropy(logits.detach(), y, reduction="none")
+    assert math.isclose(float(loss.detach()), float(-torch.clamp(ce, max=cap).mean()), rel_tol=1e-5)
+    assert -cap <= float(loss.detach()) <= 0
+    loss.backward()
+    g = logits.grad
+    assert g is not None
+    # descent on the loss lowers the flagged label's logit while CE < cap: gradient (1 - p_y) / B
+    assert g[0, 0] > 0 and g[1, 1] > 0
+    assert math.isclose(float(g[1, 1]), (1 - float(torch.softmax(logits.detach()[1], 0)[1])) / 3, rel_tol=1e-4)
+    # ... and leaves a row already past the cap alone (bounded: cannot diverge)
+    assert float(g[2].abs().sum()) == 0.0
+    # where the complement loss has all but stopped (p_y ~ 0.047), the capped ascent still pushes ~20x harder
+    lc = torch.tensor([[3.0, 0.0]], requires_grad=True)
+    complement_loss(lc, torch.tensor([1])).backward()
+    assert lc.grad is not None and float(g[1, 1]) * 3 > 10 * float(lc.grad[0, 1])
+
+
+def test_warmup_schedule_ramps_linearly_then_holds() -> None:
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([w], lr=1e-3)
+    assert warmup_schedule(opt, 0.0, 100) is None  # released: constant rate
+    sched = warmup_schedule(opt, 0.1, 100)  # 10 warm-up steps
+    assert sched is not None
+    lrs = []
+    for _ in range(15):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert math.isclose(lrs[0], 1e-4) and math.isclose(lrs[4], 5e-4)
+    assert all(math.isclose(x, 1e-3) for x in lrs[9:])
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
 
 
 def test_pick_cycle_prefers_low_proxy_within_the_accuracy_budget() -> None:

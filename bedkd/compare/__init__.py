@@ -228,14 +228,19 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
     p = defense_params(params, defense, seed)
     full = p.model_dump(mode="json")
     parts = {k: full[k] for k in ("seed", "detect", "distill", "evaluate")}
-    if defense == "kd":  # no detector
+    if defense == "kd":  # no detector, no punish pass, last cycle: those knobs cannot change it
         parts = {k: full[k] for k in ("seed", "distill", "evaluate")}
+        parts["distill"] = {k: v for k, v in full["distill"].items() if k not in KD_UNUSED}
         parts["budget"] = [p.detect.flip_per_class, p.distill.clean_per_class]
     if defense == "finetune":
         parts = {"seed": seed, "finetune": full["compare"]["finetune"], "budget": [p.detect.flip_per_class, p.distill.clean_per_class]}
     if defense == "clean":
         parts = {"model": clean_model_key(p), "evaluate": full["evaluate"]}
     return section_hash({"cell": cell_key(params), "victim": victim_key, "defense": defense, **parts})
+
+
+# Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
+KD_UNUSED = frozenset({"punish", "punish_cap", "max_val_drop"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

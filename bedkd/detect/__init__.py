@@ -18,6 +18,7 @@ This module sees the poisoned training set WITHOUT its ``is_poisoned`` column.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -166,6 +167,15 @@ def pseudo_flip_rows(
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
+def warmup_schedule(opt: torch.optim.Optimizer, ratio: float, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """Linear warm-up from lr/w to lr over the first w = ceil(ratio * total_steps) steps, then
+    constant (None when ratio is 0: the released constant rate)."""
+    warm = math.ceil(ratio * total_steps)
+    if warm <= 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+
+
 def flip_distill(
     victim: Classifier,
     flip_enc: Encoded,
@@ -184,10 +194,14 @@ def flip_distill(
     student = clone_classifier(victim)
     student.model.to(runtime.device)
     opt = torch.optim.Adam(student.model.parameters(), lr=params.lr)
+    sched = warmup_schedule(opt, params.warmup_ratio, params.epochs * -(-len(flip_enc) // params.batch_size))
     history: list[dict[str, float]] = []
     for epoch in range(1, params.epochs + 1):
         t0 = time.perf_counter()
-        parts = distill_pass(student, data, params.loss, opt, runtime, rng, params.batch_size, desc=f"detect epoch {epoch}/{params.epochs}")
+        parts = distill_pass(
+            student, data, params.loss, opt, runtime, rng, params.batch_size, desc=f"detect epoch {epoch}/{params.epochs}",
+            scheduler=sched,
+        )
         metrics = {f"detect/train/{k}": v for k, v in parts.items()}
         done = False
         if params.stop_flip_acc is not None:

@@ -125,7 +125,8 @@ def akd(
             pun = distill_pass(student, punish_set, params.loss, opt, runtime, rng, params.batch_size, sign=-params.punish_weight)
             metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
         elif do_punish:
-            pun = complement_pass(student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size)
+            cap = params.punish_cap if params.punish == "capped_ascent" else None
+            pun = complement_pass(student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap)
             metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
         metrics["cycle_s"] = time.perf_counter() - t0
         if val_clean is not None and val_flagged is not None:
