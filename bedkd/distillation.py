@@ -101,7 +101,7 @@ def distill_pass(
     return {key: v / max(n, 1) for key, v in sums.items()}
 
 
-def complement_pass(
+def flagged_pass(
     student: Classifier,
     enc: Encoded,
     weight: float,
@@ -112,8 +112,9 @@ def complement_pass(
     *,
     cap: float | None = None,
 ) -> dict[str, float]:
-    """One epoch over flagged rows (no teacher needed) minimising ``weight * complement_loss``, or
-    with ``cap`` set, ``weight * capped_ascent_loss(cap)``. Returns the mean loss under its name."""
+    """One bounded punish epoch over flagged rows (no teacher needed): minimise
+    ``weight * complement_loss``, or with ``cap`` set ``weight * capped_ascent_loss(cap)``.
+    Returns the mean loss under its name."""
     model = student.model
     model.train()
     pad = pad_id_of(student.tokenizer)

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bedkd.config import DistillParams
-from bedkd.distillation import complement_pass, distill_pass, with_teacher
+from bedkd.distillation import distill_pass, flagged_pass, with_teacher
 from bedkd.events import Callback, Event, emit
 from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, predict_proba
 from bedkd.runtime import Runtime
@@ -126,7 +126,7 @@ def akd(
             metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
         elif do_punish:
             cap = params.punish_cap if params.punish == "capped_ascent" else None
-            pun = complement_pass(student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap)
+            pun = flagged_pass(student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap)
             metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
         metrics["cycle_s"] = time.perf_counter() - t0
         if val_clean is not None and val_flagged is not None:
