@@ -93,10 +93,10 @@ class DetectParams(_Section):
     loss: DistillLoss = DistillLoss(alpha=0.3, temperature=1.5)
     epochs: int = Field(default=20, ge=1, le=1000)
     lr: float = Field(default=3e-5, gt=0.0, le=1.0)
-    # Linear learning-rate warm-up over this share of the largest step count (epochs x batches);
-    # 0 = constant rate (released). Without it Adam's first full-rate steps on 160 flipped rows can
-    # throw the copy into predicting one class for every row (measured on addsent seed 1: flip CE
-    # 2.6 after epoch 1, then 0.69 and flip accuracy 0.50 for five epochs).
+    # Linear learning-rate warm-up over this share of the largest step count (epochs x batches),
+    # then constant; 0 = constant rate (released). Measured on addsent seed 1 (0.1): the copy still
+    # crosses a plateau (flip CE 0.69, flip accuracy ~0.5) for a few epochs, but keeps the backdoor
+    # mapping through it (AUROC 0.870 -> 0.997); one seed, see README Results.
     warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     batch_size: int = Field(default=16, ge=1, le=4096)
     # Stop the flip distillation once the copy predicts this share of the flipped rows' (flipped)
