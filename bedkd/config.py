@@ -154,6 +154,11 @@ class DistillParams(_Section):
     # pool with its true labels) is within ``max_val_drop`` of the victim's. Never test data.
     select: Literal["last", "best"] = "last"
     max_val_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+    # Redetection rounds after the first AKD (0 = released: detect once). Each round rescores every
+    # training row with the purified student (bedkd.detect.purified_score), selects ``detect.keep``
+    # + ``detect.holdout`` rows of the punished label the way ``detect.selection: rank`` does, and
+    # reruns AKD from the victim on them; the last round's student is the result.
+    redetect: int = Field(default=0, ge=0, le=5)
 
 
 class EvaluateParams(_Section):
@@ -213,6 +218,7 @@ TUNABLE = (
     "distill.punish_cap",
     "distill.lr",
     "distill.max_val_drop",
+    "distill.redetect",
 )
 
 

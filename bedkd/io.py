@@ -97,7 +97,7 @@ def write_metrics(path: str | Path, metrics: Mapping[str, float]) -> None:
     write_json(path, {k: float(v) for k, v in metrics.items()})
 
 
-def read_scores(path: str | Path) -> pd.DataFrame:
+def read_scores(path: str | Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read a detect CSV (scores.csv / selected.csv); text stays text ("NA" is not NaN)."""
     path = Path(path)
     if not path.is_file():
@@ -106,7 +106,7 @@ def read_scores(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path, keep_default_na=False, dtype={"text": str})
     except Exception as e:
         raise DataError(f"{path}: not a readable CSV ({e.__class__.__name__})") from e
-    for col in ("index", "text", "label", "score"):
+    for col in ("index", "text", "label", "score", *required):
         if col not in df.columns:
             raise DataError(f"{path}: missing column {col!r}")
     if df.empty:  # nothing selected: pandas cannot infer dtypes from a header alone

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from bedkd import cli
 from bedkd.config import load_params
 from bedkd.defender import pools_for
-from bedkd.distill import Validation, akd
+from bedkd.distill import purify
+from bedkd.errors import DataError
 from bedkd.evaluate import cycle_evaluator, encode_eval_splits
-from bedkd.io import atomic_dir, read_records, read_scores, write_json
+from bedkd.io import atomic_dir, read_json, read_records, read_scores, write_json
 from bedkd.modeling import load_classifier, save_classifier
 from bedkd.runtime import resolve_runtime
 from bedkd.tracking import stage_run
@@ -33,15 +37,17 @@ def main(argv: list[str] | None = None) -> None:
         clean_train = read_records(args.prepared / "clean" / "train.parquet")
         pools = pools_for(params, clean_train)
         clean = clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
-        punish = read_scores(args.detect / "selected.csv")[["text", "label"]]
-        scores = read_scores(args.detect / "scores.csv")
-        held = scores["holdout"].to_numpy().astype(bool) if "holdout" in scores.columns else None
-        # The defender's own validation rows: the DMM pool with its true labels (AKD never trains
-        # on it) and the flagged rows DMM set aside.
-        validation = Validation(
-            clean=clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
-            flagged=scores.loc[held, ["text", "label"]].reset_index(drop=True) if held is not None else scores.iloc[:0][["text", "label"]],
-        )
+        # Every training row as detect saw it (text, file label, victim prediction) and its
+        # selection; the punished label detect chose (-1: any).
+        scores = read_scores(args.detect / "scores.csv", required=("victim_pred", "holdout"))
+        train = scores[["text", "label"]]
+        selected = read_scores(args.detect / "selected.csv")["index"].to_numpy()  # detect's rank order
+        holdout = np.flatnonzero(scores["holdout"].to_numpy().astype(bool))
+        if not pd.api.types.is_integer_dtype(scores["victim_pred"]):
+            raise DataError(f"{args.detect / 'scores.csv'}: column 'victim_pred' must be integer")
+        if len(selected) and (selected.min() < 0 or selected.max() >= len(scores)):
+            raise DataError(f"{args.detect / 'selected.csv'}: column 'index' is not a row of scores.csv")
+        target = int(read_json(args.detect / "summary.json").get("detect/target_label", -1))
         victim = load_classifier(str(args.victim), local=True)
         # Per-cycle curves on dev (clean dev + triggered dev): for plots only, never for selection.
         dev = encode_eval_splits(
@@ -52,10 +58,16 @@ def main(argv: list[str] | None = None) -> None:
             params.model.max_length,
         )
         evaluate = cycle_evaluator(dev, runtime, params.evaluate.batch_size)
-        res = akd(
-            victim, clean, punish, params.distill, runtime, params.seed, params.model.max_length,
-            evaluate, callbacks=[tracker.callback], validation=validation,
+        pur = purify(
+            victim, clean, train, scores["victim_pred"].to_numpy(), selected, holdout, None if target < 0 else target, params.distill, params.detect, runtime,
+            params.seed, params.model.max_length,
+            # The defender's own validation rows: the DMM pool with its true labels (AKD never trains on it).
+            validation_clean=clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
+            evaluate=evaluate, callbacks=[tracker.callback], eval_batch_size=params.evaluate.batch_size,
         )
+        res = pur.result
+        for red in pur.redetections:
+            tracker.log_metrics({"distill/redetect/n_selected": float(len(red.selected)), "distill/redetect/round": float(red.round)})
         tracker.log_metrics({"distill/chosen_cycle": float(res.chosen_cycle)})
         with atomic_dir(args.out) as tmp:
             save_classifier(res.student, tmp)

@@ -32,6 +32,7 @@ def test_repo_params_run_the_improved_mode() -> None:
     p = load_params()
     assert (p.detect.score, p.detect.selection, p.distill.punish, p.distill.select) == ("agreement", "rank", "complement", "best")
     assert p.detect.holdout > 0 and p.detect.stop_flip_acc is not None
+    assert p.distill.redetect >= 1 and released(p).distill.redetect == 0
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,7 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"distill.punish": "ascend"}, "distill.punish"),
         ({"distill.punish_cap": 0.0}, "distill.punish_cap"),
         ({"detect.warmup_ratio": 1.5}, "detect.warmup_ratio"),
+        ({"distill.redetect": 9}, "distill.redetect"),
         ({"distill.select": "oracle"}, "distill.select"),
         ({"detect.stop_flip_acc": 1.5}, "detect.stop_flip_acc"),
         ({"detect.label_filter": "target"}, "detect.label_filter"),
@@ -212,3 +214,52 @@ def test_flip_distillation_stops_once_the_copy_fits_the_flipped_rows(tiny_model,
     assert len(full) == 6 and "detect/train/flip_acc" not in full[0]
     _, early = flip_distill(victim, enc, DetectParams(**base, stop_flip_acc=0.01), rt, seed=0)
     assert len(early) == 1 and early[0]["detect/train/flip_acc"] >= 0.01
+
+
+def test_purified_score_flags_fitted_rows_the_purified_student_no_longer_backs() -> None:
+    from bedkd.detect import purified_score
+
+    student = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4]])
+    label = np.array([1, 1, 0, 0])
+    vpred = np.array([1, 1, 0, 1])  # row 3: the victim does not fit its file label
+    s = purified_score(student, vpred, label)
+    assert s == pytest.approx([0.1, 0.8, 0.7, 1.6])
+    # row 0 (file label 1, fitted by the victim, the purified student says 0) ranks first
+    sel, _ = select_rank(s, vpred, label, threshold=0.5, keep=2, holdout=0, only_label=1)
+    assert sel.tolist() == [0]
+
+
+def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from bedkd.config import DistillLoss
+    from bedkd.distill import purify
+    from bedkd.events import Event
+    from bedkd.modeling import load_classifier
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    clean = pd.DataFrame({"text": ["a fine film", "a dull film", "great acting", "awful plot"], "label": [1, 0, 1, 0]})
+    train = pd.DataFrame({"text": [f"row {i} cf film" if i % 3 == 0 else f"row {i} plain" for i in range(24)], "label": [i % 2 for i in range(24)]})
+    vpred = train["label"].to_numpy()  # the victim fits every row
+    dist = DistillParams(cycles=2, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), punish="complement", select="best", redetect=1)
+    sel_params = DetectParams(selection="rank", threshold=2.0, keep=3, holdout=2)  # threshold 2: every fitted row is a candidate
+    events: list[Event] = []
+    common = dict(
+        victim=victim, clean=clean, train=train, victim_pred=vpred, selected=np.array([0, 6]), holdout=np.array([12]), only_label=0,
+        select=sel_params, runtime=rt, seed=0, max_length=16, validation_clean=clean, callbacks=[events.append],
+    )
+    pur = purify(params=dist, **common)  # type: ignore[arg-type]
+    (red,) = pur.redetections
+    assert red.round == 2 and len(red.score) == 24
+    assert len(red.selected) == 3 and len(red.holdout) == 2
+    assert set(train["label"].to_numpy()[np.concatenate([red.selected, red.holdout])]) == {0}  # only the punished label
+    assert np.all(np.diff(red.score[np.concatenate([red.selected, red.holdout])]) >= 0)  # most suspicious first
+    assert sorted({h["round"] for h in pur.result.history}) == [1.0, 2.0]
+    assert [e.step for e in events] == [1, 2, 3, 4] and events[-1].metrics["round"] == 2.0  # one monotonic curve
+    # redetect 0 is one AKD round, as before the option existed
+    once = purify(params=dist.model_copy(update={"redetect": 0}), **common)  # type: ignore[arg-type]
+    assert once.redetections == [] and all("round" not in h for h in once.result.history)
+    with pytest.raises(ValueError, match="is_poisoned"):
+        purify(params=dist, **{**common, "train": train.assign(is_poisoned=False)})  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bedkd.config import load_params
 from tests.project import CYCLES, ROOT, project_env, sh
 
 pytestmark = pytest.mark.slow
@@ -25,10 +26,15 @@ def test_outputs_and_metrics_are_sane(project: Path) -> None:
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["detect/n_kept"] <= 32  # tests/project.py: released selection, keep 32
     cycles = json.loads((project / "reports/distill/cycles.json").read_text())
-    # cycle 0 = the victim on the defender's validation rows; then one row per AKD cycle
-    assert [c["cycle"] for c in cycles] == list(range(0, CYCLES + 1))
+    # Per AKD round (1 + distill.redetect): cycle 0 = the victim on the defender's validation rows,
+    # then one row per cycle.
+    rounds = 1 + load_params(project / "params.yaml").distill.redetect
+    assert [c["cycle"] for c in cycles] == list(range(0, CYCLES + 1)) * rounds
+    if rounds > 1:
+        assert [c["round"] for c in cycles] == [float(r) for r in range(1, rounds + 1) for _ in range(CYCLES + 1)]
     assert "val/acc" in cycles[0] and "val/proxy_asr" in cycles[0]
-    assert all("dev/cacc" in c and "val/acc" in c and "distill/punish/complement" in c for c in cycles[1:])
+    assert all("dev/cacc" in c and "val/acc" in c for c in cycles if c["cycle"] > 0)
+    assert all("distill/punish/complement" in c for c in cycles[1 : CYCLES + 1])  # DMM's rows, round 1
     for png in ("cycles.png", "detection.png", "confusion_victim.png", "confusion_student.png"):
         assert (project / "reports/plots" / png).stat().st_size > 1000
     for model in ("victim", "dmm", "student"):
@@ -104,8 +110,10 @@ def test_mlflow_runs_nested_with_metrics_and_artifacts(project: Path) -> None:
     assert children["detect"].data.params["detect.loss.temperature"] == "1.5"
     # Per-cycle / per-epoch metrics, trust and punish apart; system metrics on training stages.
     dist = children["distill"].info.run_id
-    for key in ("dev/cacc", "dev/asr", "distill/trust/loss", "distill/punish/complement"):
-        assert [m.step for m in client.get_metric_history(dist, key)] == list(range(1, CYCLES + 1)), key
+    rounds = 1 + load_params(project / "params.yaml").distill.redetect  # AKD rounds: one monotonic step axis
+    for key in ("dev/cacc", "dev/asr", "distill/trust/loss"):
+        assert sorted(m.step for m in client.get_metric_history(dist, key)) == list(range(1, rounds * CYCLES + 1)), key
+    assert sorted(m.step for m in client.get_metric_history(dist, "distill/punish/complement"))[:CYCLES] == list(range(1, CYCLES + 1))
     assert len(client.get_metric_history(children["detect"].info.run_id, "detect/train/loss")) == 2
     assert any(k.startswith("system/") for k in children["train_victim"].data.metrics)
     # Final metrics: same names as the DVC metrics file, on evaluate and on the parent.

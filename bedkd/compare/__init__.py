@@ -33,7 +33,7 @@ from bedkd.compare.cells import cell_folder, cell_key, materialise_cell
 from bedkd.config import Params, released, section_hash, with_overrides
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import detect
-from bedkd.distill import Validation, akd
+from bedkd.distill import akd, purify
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, write_json
 from bedkd.metrics import detection_metrics
@@ -128,6 +128,9 @@ class RunRecord:
     wall_s: float
     machine: str
     punished_label: int | None = None  # the label detect chose to punish (label_filter), None = any
+    # With distill.redetect, detect_* grade the last round's (purified-student) selection and
+    # this field the DMM score the first round punished on.
+    dmm_auroc: float | None = None
 
 
 @dataclass
@@ -186,32 +189,38 @@ def run_defense(
         )
     pools = defender_pools(cell.clean_train["label"].to_numpy(), p.num_classes, p.detect.flip_per_class, p.distill.clean_per_class, seed)
     clean = cell.clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
-    det_auroc = det_prec = det_rec = None
+    det_auroc = det_prec = det_rec = dmm_auroc = None
     n_kept = chosen = punished = None
     if defense == "finetune":
         student = clone_classifier(cell.victim)
         enc = encode(student.tokenizer, clean["text"].tolist(), clean["label"].to_numpy(), p.model.max_length)
         train_classifier(student, enc, p.compare.finetune, runtime, seed, stage="compare/finetune")
-    else:
-        punish = clean.iloc[:0]
-        validation = None
-        if defense in ("released", "bedkd"):
-            flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)
-            res = detect(
-                cell.victim, cell.train, flip, p.detect, runtime, seed, p.model.max_length, p.evaluate.batch_size,
-                victim_probs=cell.victim_train_probs, reference=clean,
-            )
-            scores = res.scores
-            m = detection_metrics(scores["score"].to_numpy(), cell.is_poisoned, scores["selected"].to_numpy())
-            det_auroc, det_prec, det_rec, n_kept = m.auroc, m.precision, m.recall, m.n_kept
-            target = int(res.summary["detect/target_label"])
-            punished = None if target < 0 else target
-            punish = scores.loc[scores["selected"].to_numpy(), ["text", "label"]].reset_index(drop=True)
-            validation = Validation(
-                clean=cell.clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
-                flagged=scores.loc[scores["holdout"].to_numpy(), ["text", "label"]].reset_index(drop=True),
-            )
-        out = akd(cell.victim, clean, punish, p.distill, runtime, seed, p.model.max_length, validation=validation)
+    elif defense in ("released", "bedkd"):
+        flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)
+        res = detect(
+            cell.victim, cell.train, flip, p.detect, runtime, seed, p.model.max_length, p.evaluate.batch_size,
+            victim_probs=cell.victim_train_probs, reference=clean,
+        )
+        scores = res.scores
+        m = detection_metrics(scores["score"].to_numpy(), cell.is_poisoned, scores["selected"].to_numpy())
+        det_auroc, det_prec, det_rec, n_kept = m.auroc, m.precision, m.recall, m.n_kept
+        target = int(res.summary["detect/target_label"])
+        punished = None if target < 0 else target
+        pur = purify(
+            cell.victim, clean, cell.train, scores["victim_pred"].to_numpy(), res.selected, res.holdout, punished,
+            p.distill, p.detect, runtime, seed, p.model.max_length,
+            validation_clean=cell.clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
+            eval_batch_size=p.evaluate.batch_size,
+        )
+        if pur.redetections:
+            last = pur.redetections[-1]
+            kept = np.zeros(len(cell.train), dtype=bool)
+            kept[last.selected] = True
+            m2 = detection_metrics(last.score, cell.is_poisoned, kept)
+            dmm_auroc, det_auroc, det_prec, det_rec, n_kept = det_auroc, m2.auroc, m2.precision, m2.recall, m2.n_kept
+        student, chosen = pur.result.student, pur.result.chosen_cycle
+    else:  # kd: trust passes only, nothing punished
+        out = akd(cell.victim, clean, clean.iloc[:0], p.distill, runtime, seed, p.model.max_length)
         student, chosen = out.student, out.chosen_cycle
     wall = time.perf_counter() - t0
     s = evaluate_classifier(student, cell.test, runtime, p.evaluate.batch_size)
@@ -219,7 +228,7 @@ def run_defense(
         dataset=p.data.dataset, attack=p.poison.attack, defense=defense, seed=seed,
         victim_cacc=cell.victim_cacc, victim_asr=cell.victim_asr, student_cacc=s.cacc, student_asr=s.asr,
         detect_auroc=det_auroc, detect_precision=det_prec, detect_recall=det_rec, n_kept=n_kept,
-        chosen_cycle=chosen, wall_s=wall, machine=machine, punished_label=punished,
+        chosen_cycle=chosen, wall_s=wall, machine=machine, punished_label=punished, dmm_auroc=dmm_auroc,
     )
 
 
@@ -240,7 +249,7 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
 
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
-KD_UNUSED = frozenset({"punish", "punish_cap", "max_val_drop"})
+KD_UNUSED = frozenset({"punish", "punish_cap", "max_val_drop", "redetect"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

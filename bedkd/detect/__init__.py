@@ -62,6 +62,20 @@ def agreement_score(victim_probs: np.ndarray, student_probs: np.ndarray, file_la
     return 1.0 - p_agree + (v_pred != np.asarray(file_label)).astype(np.float64)
 
 
+def purified_score(student_probs: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray) -> np.ndarray:
+    """p_purified(file label | x), + 1 where the victim does not fit the file label. [N, k] -> [N].
+
+    Low = suspicious. The redetection score (``distill.redetect``): after AKD the student has lost
+    most of the backdoor but kept the clean mapping, so on a clean row it backs the file label as
+    the victim does, while on a dirty-label poisoned row (source-class content, target label) it
+    now predicts the source class. Unlike the DMM copy, its clean mapping is intact, so it does not
+    need the flipped rows to generalise.
+    """
+    labels = np.asarray(file_label)
+    p_label = np.asarray(student_probs)[np.arange(len(labels)), labels]
+    return p_label + (np.asarray(victim_pred) != labels).astype(np.float64)
+
+
 def score_rows(kind: str, victim_probs: np.ndarray, student_probs: np.ndarray, file_label: np.ndarray) -> np.ndarray:
     if kind == "released":
         return mapping_score(victim_probs, student_probs)

@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bedkd.config import DistillParams
+from bedkd.config import DetectParams, DistillParams
+from bedkd.detect import purified_score, select_rank
 from bedkd.distillation import distill_pass, flagged_pass, with_teacher
 from bedkd.events import Callback, Event, emit
 from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, predict_proba
@@ -152,4 +153,88 @@ def akd(
     return DistillResult(student=student, history=history, chosen_cycle=chosen)
 
 
-__all__ = ["CycleEval", "DistillResult", "Validation", "akd", "pick_cycle"]
+@dataclass(frozen=True)
+class Redetection:
+    """One redetection: the purified student's view of the training set and the next punish set."""
+
+    round: int  # the AKD round these rows feed (2 = first redetection)
+    score: np.ndarray  # [N] detect.purified_score of every training row, low = suspicious
+    selected: np.ndarray  # training-row indices punished in that round
+    holdout: np.ndarray  # training-row indices held out of punishing, for validation
+
+
+@dataclass(frozen=True)
+class PurifyResult:
+    result: DistillResult  # the last round: its student; history of all rounds ("round" key)
+    redetections: list[Redetection] = field(default_factory=list)
+
+
+def _shifted(callbacks: Sequence[Callback], offset: int, rnd: int) -> list[Callback]:
+    """Callbacks that see round ``rnd``'s cycles as steps offset + 1..: one monotonic MLflow curve."""
+    def wrap(cb: Callback) -> Callback:
+        return lambda e: cb(Event(e.stage, e.step + offset, {**e.metrics, "round": float(rnd)}))
+    return [wrap(cb) for cb in callbacks]
+
+
+def purify(
+    victim: Classifier,
+    clean: pd.DataFrame,
+    train: pd.DataFrame,
+    victim_pred: np.ndarray,
+    selected: np.ndarray,
+    holdout: np.ndarray,
+    only_label: int | None,
+    params: DistillParams,
+    select: DetectParams,
+    runtime: Runtime,
+    seed: int,
+    max_length: int,
+    validation_clean: pd.DataFrame | None = None,
+    evaluate: CycleEval | None = None,
+    callbacks: Sequence[Callback] = (),
+    eval_batch_size: int = 256,
+) -> PurifyResult:
+    """AKD on DMM's selection, then ``params.redetect`` rounds of: rescore the training rows with
+    the purified student, reselect (``select``: threshold, keep, holdout; rows of ``only_label``),
+    rerun AKD from the victim. Each round restarts from the victim so a clean row punished by
+    mistake in one round is not carried into the next by the student's own drift.
+
+    ``train``: the poisoned training set without ground truth (text, label); ``victim_pred`` [N]:
+    the victim's predicted labels on it; ``selected`` / ``holdout``: DMM's row indices.
+    ``validation_clean``: the defender's clean validation rows (required for ``select: best``).
+    """
+    if "is_poisoned" in train.columns:
+        raise ValueError("distill must not see the is_poisoned column")
+    rows = train[["text", "label"]].reset_index(drop=True)
+    labels = rows["label"].to_numpy()
+    tok = victim.tokenizer
+    train_enc = encode(tok, rows["text"].tolist(), labels, max_length) if params.redetect else None
+
+    def one_round(rnd: int, sel: np.ndarray, held: np.ndarray) -> DistillResult:
+        validation = None
+        if validation_clean is not None:
+            validation = Validation(clean=validation_clean, flagged=rows.iloc[held].reset_index(drop=True))
+        return akd(
+            victim, clean, rows.iloc[sel].reset_index(drop=True), params, runtime, seed + rnd - 1, max_length, evaluate,
+            _shifted(callbacks, (rnd - 1) * params.cycles, rnd) if params.redetect else callbacks, validation,
+        )
+
+    res = one_round(1, np.asarray(selected), np.asarray(holdout))
+    if not params.redetect:
+        return PurifyResult(result=res)
+    history = [{**h, "round": 1.0} for h in res.history]
+    redetections: list[Redetection] = []
+    for rnd in range(2, params.redetect + 2):
+        assert train_enc is not None
+        probs = predict_proba(res.student, train_enc, runtime, eval_batch_size)
+        score = purified_score(probs, victim_pred, labels)
+        sel, held = select_rank(
+            score, victim_pred, labels, threshold=select.threshold, keep=select.keep, holdout=select.holdout, only_label=only_label
+        )
+        redetections.append(Redetection(round=rnd, score=score, selected=sel, holdout=held))
+        res = one_round(rnd, sel, held)
+        history += [{**h, "round": float(rnd)} for h in res.history]
+    return PurifyResult(result=DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle), redetections=redetections)
+
+
+__all__ = ["CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "akd", "pick_cycle", "purify"]

@@ -24,10 +24,10 @@ from filelock import FileLock
 from bedkd.config import Params, section_hash
 from bedkd.defender import DefenderPools, flipped_set, pools_for
 from bedkd.detect import detect
-from bedkd.distill import Validation, akd
+from bedkd.distill import purify
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.events import Callback
-from bedkd.io import atomic_dir, drop_ground_truth, read_records, read_scores, write_json
+from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, read_scores, write_json
 from bedkd.modeling import Classifier, Encoded, encode, load_classifier, predict_proba, save_classifier
 from bedkd.runtime import Runtime
 from bedkd.train_victim import fit_classifier
@@ -80,8 +80,20 @@ class Data:
 
 @dataclass(frozen=True)
 class Detection:
-    selected: pd.DataFrame  # rows to punish (text, label)
-    holdout: pd.DataFrame  # flagged rows left out of punishing (blind proxy)
+    scores: pd.DataFrame  # every training row: text, label, victim_pred, selected, holdout (detect's scores.csv)
+    target_label: int | None  # the label detect punishes (label_filter), None = any
+
+    @property
+    def selected(self) -> np.ndarray:
+        """Training-row indices to punish."""
+        return np.flatnonzero(self.scores["selected"].to_numpy().astype(bool))
+
+    @property
+    def holdout(self) -> np.ndarray:
+        """Flagged rows left out of punishing (blind proxy)."""
+        if "holdout" not in self.scores.columns:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.scores["holdout"].to_numpy().astype(bool))
 
 
 @dataclass(frozen=True)
@@ -175,14 +187,9 @@ class TuneContext:
                     res.scores.to_csv(tmp / "scores.csv", index_label="index")
                     write_json(tmp / "summary.json", res.summary)
                 self.stats.detect_computed += 1
-        scores = read_scores(path / "scores.csv")
-        sel = scores["selected"].to_numpy().astype(bool)
-        # The rows detect set aside (detect.holdout, never punished): blind mode's proxy ASR.
-        held = scores["holdout"].to_numpy().astype(bool) if "holdout" in scores.columns else np.zeros(len(scores), dtype=bool)
-        return Detection(
-            selected=scores.loc[sel, ["text", "label"]].reset_index(drop=True),
-            holdout=scores.loc[held, ["text", "label"]].reset_index(drop=True),
-        )
+        scores = read_scores(path / "scores.csv", required=("victim_pred",))
+        target = int(read_json(path / "summary.json").get("detect/target_label", -1))
+        return Detection(scores=scores, target_label=None if target < 0 else target)
 
     def clean_rows(self, params: Params) -> pd.DataFrame:
         return self.data.clean_train.iloc[self._pools(params).akd][["text", "label"]].reset_index(drop=True)
@@ -201,8 +208,13 @@ class TuneContext:
         det = self.detection(params)
         dev = self.dev_splits(params)
         bs = params.evaluate.batch_size
-        # Tokenised once: the proxy is evaluated every cycle in blind mode.
-        holdout = encode(victim.tokenizer, det.holdout["text"].tolist(), det.holdout["label"].to_numpy(), params.model.max_length)
+        rows = det.scores[["text", "label"]]
+
+        def encode_rows(idx: np.ndarray) -> Encoded:
+            return encode(victim.tokenizer, rows["text"].iloc[idx].tolist(), rows["label"].to_numpy()[idx], params.model.max_length)
+
+        # Tokenised once: the proxy is evaluated every cycle in blind mode (on DMM's holdout rows).
+        holdout = encode_rows(det.holdout)
 
         def per_cycle(student: Classifier) -> dict[str, float]:
             r = evaluate_classifier(student, dev, self.runtime, bs)
@@ -211,20 +223,23 @@ class TuneContext:
                 out["dev/proxy_asr"] = self.proxy_asr(student, holdout, params)
             return out
 
-        validation = Validation(
-            clean=self.data.clean_train.iloc[self._pools(params).dmm][["text", "label"]].reset_index(drop=True),
-            flagged=det.holdout,
+        pur = purify(
+            victim, self.clean_rows(params), rows, det.scores["victim_pred"].to_numpy(), det.selected, det.holdout,
+            det.target_label, params.distill, params.detect, self.runtime, params.seed, params.model.max_length,
+            validation_clean=self.data.clean_train.iloc[self._pools(params).dmm][["text", "label"]].reset_index(drop=True),
+            evaluate=per_cycle, callbacks=callbacks, eval_batch_size=bs,
         )
-        res = akd(
-            victim, self.clean_rows(params), det.selected, params.distill, self.runtime, params.seed,
-            params.model.max_length, per_cycle, callbacks, validation=validation,
-        )
-        # The chosen cycle's row (the last one unless distill.select=best picked another).
-        last = next(h for h in res.history if int(h["cycle"]) == res.chosen_cycle)
+        res = pur.result
+        # The chosen cycle's row of the last round (the last cycle unless distill.select=best picked another).
+        last = next(h for h in reversed(res.history) if int(h["cycle"]) == res.chosen_cycle)
         if "dev/cacc" not in last:
             r = evaluate_classifier(res.student, dev, self.runtime, bs)
             last = {**last, "dev/cacc": r.cacc, "dev/asr": r.asr}
-        proxy = last["dev/proxy_asr"] if "dev/proxy_asr" in last else self.proxy_asr(res.student, holdout, params)
+        if pur.redetections and len(pur.redetections[-1].holdout):
+            # The last round punished other rows: its own held-out rows are the proxy.
+            proxy = self.proxy_asr(res.student, encode_rows(pur.redetections[-1].holdout), params)
+        else:
+            proxy = last["dev/proxy_asr"] if "dev/proxy_asr" in last else self.proxy_asr(res.student, holdout, params)
         result = TrialResult(
             dev_cacc=last["dev/cacc"],
             dev_asr=proxy if mode == "blind" else last["dev/asr"],
