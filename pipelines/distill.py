@@ -11,10 +11,10 @@ import pandas as pd
 from bedkd import cli
 from bedkd.config import load_params
 from bedkd.defender import pools_for
-from bedkd.distill import purify
+from bedkd.distill import Redetection, purify
 from bedkd.errors import DataError
 from bedkd.evaluate import cycle_evaluator, encode_eval_splits
-from bedkd.io import atomic_dir, read_json, read_records, read_scores, write_json
+from bedkd.io import atomic_dir, read_json, read_records, read_scores, write_json, write_text_atomic
 from bedkd.modeling import load_classifier, save_classifier
 from bedkd.runtime import resolve_runtime
 from bedkd.tracking import stage_run
@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--detect", type=Path, default=Path("data/detect"))
     p.add_argument("--out", type=Path, default=Path("models/student"))
     p.add_argument("--cycles", type=Path, default=Path("reports/distill/cycles.json"))
+    p.add_argument(
+        "--selection", type=Path, default=Path("data/distill/selection.csv"),
+        help="per training row: the score, punished and held-out flags of the last AKD round (evaluate grades it)",
+    )
     args = p.parse_args(argv)
     params = load_params(args.params)
     runtime = resolve_runtime()
@@ -69,9 +73,13 @@ def main(argv: list[str] | None = None) -> None:
         for red in pur.redetections:
             tracker.log_metrics({"distill/redetect/n_selected": float(len(red.selected)), "distill/redetect/round": float(red.round)})
         tracker.log_metrics({"distill/chosen_cycle": float(res.chosen_cycle)})
+        # The rows the returned student was punished on: the last redetection, or DMM's own selection.
+        last = pur.redetections[-1] if pur.redetections else Redetection(round=1, score=scores["score"].to_numpy(), selected=selected, holdout=holdout)
         with atomic_dir(args.out) as tmp:
             save_classifier(res.student, tmp)
         write_json(args.cycles, res.history)
+        write_text_atomic(args.selection, last.frame(train).to_csv(index_label="index"))
+        tracker.log_artifact(args.selection, "distill")
         tracker.log_artifact(args.cycles, "distill")
         tracker.log_model(res.student, "student", input_example=clean["text"].head(2).tolist())
     last = res.history[-1]

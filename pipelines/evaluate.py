@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from bedkd import cli
 from bedkd.config import load_params
-from bedkd.errors import BedkdError
+from bedkd.errors import BedkdError, DataError
 from bedkd.evaluate import confusion_matrix, encode_eval_splits, evaluate_classifier
 from bedkd.evaluate.plots import plot_confusion, plot_cycles, plot_detection
 from bedkd.io import atomic_dir, read_json, read_records, read_scores, write_json, write_metrics
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--student", type=Path, default=Path("models/student"))
     p.add_argument("--detect", type=Path, default=Path("data/detect"))
     p.add_argument("--cycles", type=Path, default=Path("reports/distill/cycles.json"))
+    p.add_argument("--selection", type=Path, default=Path("data/distill/selection.csv"))
     p.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"))
     p.add_argument("--plots", type=Path, default=Path("reports/plots"))
     args = p.parse_args(argv)
@@ -34,6 +37,18 @@ def main(argv: list[str] | None = None) -> None:
     runtime = resolve_runtime()
     bs = params.evaluate.batch_size
     with stage_run(params, "evaluate", args.params, last_stage=True) as tracker:
+        # Inputs first (a bad file fails before any model runs). Ground truth is read here, and
+        # only here, to grade the detector.
+        train = read_records(args.poisoned / "train.parquet", required=("text", "label", "is_poisoned"))
+        scores = read_scores(args.detect / "scores.csv")
+        # distill's last round (redetection: the purified student's scores and the rows it punished).
+        final = read_scores(args.selection, required=("selected", "round"))
+        for col, ok in (("selected", pd.api.types.is_bool_dtype), ("round", pd.api.types.is_integer_dtype)):
+            if not ok(final[col]):
+                raise DataError(f"{args.selection}: column {col!r} must be {'True/False' if col == 'selected' else 'integer'}")
+        for path, df in ((args.detect / "scores.csv", scores), (args.selection, final)):
+            if len(df) != len(train) or not (df["text"].to_numpy() == train["text"].to_numpy()).all():
+                raise BedkdError(f"{path}: rows do not match {args.poisoned / 'train.parquet'}")
         victim = load_classifier(str(args.victim), local=True)
         student = load_classifier(str(args.student), local=True)
         test = encode_eval_splits(
@@ -42,12 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         v = evaluate_classifier(victim, test, runtime, bs, desc="evaluate victim")
         s = evaluate_classifier(student, test, runtime, bs, desc="evaluate student")
-        # Ground truth is read here, and only here, to grade the detector.
-        train = read_records(args.poisoned / "train.parquet", required=("text", "label", "is_poisoned"))
-        scores = read_scores(args.detect / "scores.csv")
-        if len(scores) != len(train) or not (scores["text"].to_numpy() == train["text"].to_numpy()).all():
-            raise BedkdError(f"{args.detect / 'scores.csv'}: rows do not match {args.poisoned / 'train.parquet'}")
-        det = detection_metrics(scores["score"].to_numpy(), train["is_poisoned"].to_numpy(), scores["selected"].to_numpy())
+        poisoned = train["is_poisoned"].to_numpy()
+        det = detection_metrics(scores["score"].to_numpy(), poisoned, scores["selected"].to_numpy())
+        fin = detection_metrics(final["score"].to_numpy(), poisoned, final["selected"].to_numpy())
+        rounds = int(final["round"].max()) if len(final) else 1
         detect_summary = read_json(args.detect / "summary.json")
         metrics = {
             "victim/cacc": v.cacc,
@@ -62,13 +75,21 @@ def main(argv: list[str] | None = None) -> None:
             "detect/agreement": detect_summary["detect/agreement"],
             "detect/flip_acc": detect_summary["detect/flip_acc"],
             "detect/n_flagged": detect_summary["detect/n_flagged"],
+            # What the returned student was punished on (= detect/* when distill.redetect is 0).
+            "distill/selection/auroc": fin.auroc,
+            "distill/selection/precision": fin.precision,
+            "distill/selection/recall": fin.recall,
+            "distill/selection/n_kept": fin.n_kept,
+            "distill/selection/round": float(rounds),
         }
         write_metrics(args.metrics, metrics)
         k = params.num_classes
         clean_labels = test.clean.labels.numpy()
         with atomic_dir(args.plots) as tmp:
             plot_cycles(read_json(args.cycles), tmp / "cycles.png", {"cacc": v.cacc, "asr": v.asr})
-            plot_detection(scores["score"].to_numpy(), train["is_poisoned"].to_numpy(), tmp / "detection.png", params.detect.threshold)
+            plot_detection(scores["score"].to_numpy(), poisoned, tmp / "detection.png", params.detect.threshold)
+            if rounds > 1:
+                plot_detection(final["score"].to_numpy(), poisoned, tmp / "redetection.png", params.detect.threshold)
             confusion = {
                 "victim": confusion_matrix(v.clean_pred, clean_labels, k),
                 "student": confusion_matrix(s.clean_pred, clean_labels, k),

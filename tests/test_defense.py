@@ -233,7 +233,7 @@ def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) 
     import pandas as pd
 
     from bedkd.config import DistillLoss
-    from bedkd.distill import purify
+    from bedkd.distill import Validation, akd, purify, teacher_set
     from bedkd.events import Event
     from bedkd.modeling import load_classifier
     from bedkd.runtime import resolve_runtime
@@ -259,7 +259,20 @@ def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) 
     assert sorted({h["round"] for h in pur.result.history}) == [1.0, 2.0]
     assert [e.step for e in events] == [1, 2, 3, 4] and events[-1].metrics["round"] == 2.0  # one monotonic curve
     # redetect 0 is one AKD round, as before the option existed
-    once = purify(params=dist.model_copy(update={"redetect": 0}), **common)  # type: ignore[arg-type]
+    dist0 = dist.model_copy(update={"redetect": 0})
+    once = purify(params=dist0, **common)  # type: ignore[arg-type]
     assert once.redetections == [] and all("round" not in h for h in once.result.history)
+    # purify computes the victim's outputs on the trust rows once for all rounds: same numbers as akd alone
+    punish, held = train.iloc[[0, 6]].reset_index(drop=True), train.iloc[[12]].reset_index(drop=True)
+    direct = akd(victim, clean, punish, dist0, rt, 0, 16, validation=Validation(clean=clean, flagged=held))
+    trust = [h["distill/trust/loss"] for h in once.result.history[1:]]
+    assert [h["distill/trust/loss"] for h in direct.history[1:]] == pytest.approx(trust)
+    with pytest.raises(ValueError, match="trust_set"):
+        akd(victim, clean, punish, dist0, rt, 0, 16, validation=Validation(clean=clean, flagged=held),
+            trust_set=teacher_set(victim, clean.head(2), dist0, rt, 16))
+    # per training row, what evaluate grades (data/distill/selection.csv)
+    frame = red.frame(train)
+    assert (frame["text"] == train["text"]).all() and set(frame["round"]) == {2}
+    assert frame.index[frame["selected"]].tolist() == sorted(red.selected.tolist()) and frame["holdout"].sum() == 2
     with pytest.raises(ValueError, match="is_poisoned"):
         purify(params=dist, **{**common, "train": train.assign(is_poisoned=False)})  # type: ignore[arg-type]

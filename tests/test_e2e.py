@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def test_outputs_and_metrics_are_sane(project: Path) -> None:
         assert not files & {"pytorch_model.bin", "model.pt"}
     scores = pd.read_csv(project / "data/detect/scores.csv", keep_default_na=False)
     assert len(scores) == 300 and scores["selected"].sum() == metrics["detect/n_kept"]
+    # The rows the student was punished on in its last round, graded by evaluate.
+    final = pd.read_csv(project / "data/distill/selection.csv", keep_default_na=False)
+    assert (final["text"] == scores["text"]).all() and set(final["round"]) == {rounds}
+    assert final["selected"].sum() == metrics["distill/selection/n_kept"]
+    assert not (final["selected"] & final["holdout"]).any()
+    assert metrics["distill/selection/round"] == rounds and 0.0 <= metrics["distill/selection/auroc"] <= 1.0
+    if rounds == 1:  # no redetection: distill punished DMM's rows
+        assert (final["selected"] == scores["selected"]).all() and (final["score"] == scores["score"]).all()
+    else:
+        assert (project / "reports/plots/redetection.png").stat().st_size > 1000
     assert (project / "dvc.lock").is_file()
 
 
@@ -66,8 +77,26 @@ def test_detect_and_distill_run_without_ground_truth(project: Path, data_dir: Pa
     b = pd.read_csv(blind / "detect/scores.csv", keep_default_na=False)
     np.testing.assert_allclose(a["score"], b["score"], atol=1e-6)
     assert (a["selected"] == b["selected"]).all()
-    sh(py + ["pipelines.distill", "--poisoned", str(blind / "poisoned"), "--detect", str(blind / "detect"), "--out", str(blind / "student"), "--cycles", str(blind / "cycles.json")], project, env)
+    sh(py + ["pipelines.distill", "--poisoned", str(blind / "poisoned"), "--detect", str(blind / "detect"), "--out", str(blind / "student"), "--cycles", str(blind / "cycles.json"), "--selection", str(blind / "selection.csv")], project, env)
     assert (blind / "student/model.safetensors").is_file()
+    a = pd.read_csv(project / "data/distill/selection.csv", keep_default_na=False)
+    b = pd.read_csv(blind / "selection.csv", keep_default_na=False)
+    assert (a["selected"] == b["selected"]).all() and (a["holdout"] == b["holdout"]).all()
+
+
+def test_evaluate_refuses_a_tampered_selection(project: Path, data_dir: Path) -> None:
+    """A hostile data/distill/selection.csv: one-line error naming file and column, nothing written."""
+    env = {**project_env(project, data_dir), "BEDKD_TRACKING": "false"}
+    bad = project / "tampered"
+    bad.mkdir()
+    sel = pd.read_csv(project / "data/distill/selection.csv", keep_default_na=False)
+    sel.assign(selected="yes").to_csv(bad / "selection.csv", index=False)
+    cmd = [sys.executable, "-m", "pipelines.evaluate", "--selection", str(bad / "selection.csv"),
+           "--metrics", str(bad / "metrics.json"), "--plots", str(bad / "plots")]
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and err[-1].startswith("error: ") and "selection.csv: column 'selected'" in err[-1], proc.stderr[-2000:]
+    assert not (bad / "metrics.json").exists() and not (bad / "plots").exists()
 
 
 def test_notebook_executes_headless(project: Path) -> None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bedkd.config import DetectParams, DistillParams
 from bedkd.detect import purified_score, select_rank
-from bedkd.distillation import distill_pass, flagged_pass, with_teacher
+from bedkd.distillation import DistillSet, distill_pass, flagged_pass, with_teacher
 from bedkd.events import Callback, Event, emit
 from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, predict_proba
 from bedkd.runtime import Runtime
@@ -71,6 +71,12 @@ def _val_metrics(student: Classifier, clean: Encoded, flagged: Encoded, runtime:
     return out
 
 
+def teacher_set(victim: Classifier, clean: pd.DataFrame, params: DistillParams, runtime: Runtime, max_length: int) -> DistillSet:
+    """The trust rows with the frozen victim's outputs (logits; hidden states when the loss uses them)."""
+    enc = encode(victim.tokenizer, clean["text"].tolist(), clean["label"].to_numpy(), max_length)
+    return with_teacher(victim, enc, runtime, 256, params.loss.hidden_weight > 0)
+
+
 def akd(
     victim: Classifier,
     clean: pd.DataFrame,
@@ -82,11 +88,14 @@ def akd(
     evaluate: CycleEval | None = None,
     callbacks: Sequence[Callback] = (),
     validation: Validation | None = None,
+    trust_set: DistillSet | None = None,
 ) -> DistillResult:
     """Run AKD. ``clean``/``punish``: frames with text and label (punish: the detected rows).
 
     ``validation`` is required for ``select: best`` and, when given, logged every cycle
     (``val/acc``, ``val/proxy_asr``); ``evaluate`` adds research curves (never used to pick).
+    ``trust_set``: ``clean`` already run through the frozen victim (:func:`teacher_set`); purify
+    passes it to every round instead of recomputing the same teacher outputs.
     """
     frames = (clean, punish) + ((validation.clean, validation.flagged) if validation else ())
     if any("is_poisoned" in f.columns for f in frames):
@@ -97,7 +106,10 @@ def akd(
     rng = np.random.default_rng(seed)
     tok = victim.tokenizer
     need_hidden = params.loss.hidden_weight > 0
-    trust_set = with_teacher(victim, encode(tok, clean["text"].tolist(), clean["label"].to_numpy(), max_length), runtime, 256, need_hidden)
+    if trust_set is None:
+        trust_set = teacher_set(victim, clean, params, runtime, max_length)
+    elif len(trust_set.enc) != len(clean):
+        raise ValueError(f"trust_set has {len(trust_set.enc)} rows, clean has {len(clean)}")
     punish_enc = encode(tok, punish["text"].tolist(), punish["label"].to_numpy(), max_length)
     punish_set = None
     if len(punish) and params.punish_weight > 0 and params.punish == "ascent":
@@ -162,6 +174,25 @@ class Redetection:
     selected: np.ndarray  # training-row indices punished in that round
     holdout: np.ndarray  # training-row indices held out of punishing, for validation
 
+    def frame(self, train: pd.DataFrame) -> pd.DataFrame:
+        """Per training row (``train``: text, label, in training order): score, selected, holdout, round."""
+        if len(train) != len(self.score):
+            raise ValueError(f"{len(train)} training rows, {len(self.score)} scores")
+        selected = np.zeros(len(train), dtype=bool)
+        selected[self.selected] = True
+        holdout = np.zeros(len(train), dtype=bool)
+        holdout[self.holdout] = True
+        return pd.DataFrame(
+            {
+                "text": train["text"].to_numpy(),
+                "label": train["label"].to_numpy(),
+                "score": self.score,
+                "selected": selected,
+                "holdout": holdout,
+                "round": self.round,
+            }
+        )
+
 
 @dataclass(frozen=True)
 class PurifyResult:
@@ -209,6 +240,7 @@ def purify(
     labels = rows["label"].to_numpy()
     tok = victim.tokenizer
     train_enc = encode(tok, rows["text"].tolist(), labels, max_length) if params.redetect else None
+    trust_set = teacher_set(victim, clean, params, runtime, max_length)  # the same in every round
 
     def one_round(rnd: int, sel: np.ndarray, held: np.ndarray) -> DistillResult:
         validation = None
@@ -216,7 +248,7 @@ def purify(
             validation = Validation(clean=validation_clean, flagged=rows.iloc[held].reset_index(drop=True))
         return akd(
             victim, clean, rows.iloc[sel].reset_index(drop=True), params, runtime, seed + rnd - 1, max_length, evaluate,
-            _shifted(callbacks, (rnd - 1) * params.cycles, rnd) if params.redetect else callbacks, validation,
+            _shifted(callbacks, (rnd - 1) * params.cycles, rnd) if params.redetect else callbacks, validation, trust_set,
         )
 
     res = one_round(1, np.asarray(selected), np.asarray(holdout))
@@ -237,4 +269,4 @@ def purify(
     return PurifyResult(result=DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle), redetections=redetections)
 
 
-__all__ = ["CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "akd", "pick_cycle", "purify"]
+__all__ = ["CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "akd", "pick_cycle", "purify", "teacher_set"]
