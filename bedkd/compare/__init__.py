@@ -214,9 +214,7 @@ def run_defense(
         )
         if pur.redetections:
             last = pur.redetections[-1]
-            kept = np.zeros(len(cell.train), dtype=bool)
-            kept[last.selected] = True
-            m2 = detection_metrics(last.score, cell.is_poisoned, kept)
+            m2 = detection_metrics(last.score, cell.is_poisoned, last.mask(last.selected))
             dmm_auroc, det_auroc, det_prec, det_rec, n_kept = det_auroc, m2.auroc, m2.precision, m2.recall, m2.n_kept
         student, chosen = pur.result.student, pur.result.chosen_cycle
     else:  # kd: trust passes only, nothing punished

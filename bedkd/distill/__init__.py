@@ -174,21 +174,23 @@ class Redetection:
     selected: np.ndarray  # training-row indices punished in that round
     holdout: np.ndarray  # training-row indices held out of punishing, for validation
 
+    def mask(self, rows: np.ndarray) -> np.ndarray:
+        """[N] boolean mask of ``rows`` (``self.selected`` or ``self.holdout``) over the training set."""
+        out = np.zeros(len(self.score), dtype=bool)
+        out[rows] = True
+        return out
+
     def frame(self, train: pd.DataFrame) -> pd.DataFrame:
         """Per training row (``train``: text, label, in training order): score, selected, holdout, round."""
         if len(train) != len(self.score):
             raise ValueError(f"{len(train)} training rows, {len(self.score)} scores")
-        selected = np.zeros(len(train), dtype=bool)
-        selected[self.selected] = True
-        holdout = np.zeros(len(train), dtype=bool)
-        holdout[self.holdout] = True
         return pd.DataFrame(
             {
                 "text": train["text"].to_numpy(),
                 "label": train["label"].to_numpy(),
                 "score": self.score,
-                "selected": selected,
-                "holdout": holdout,
+                "selected": self.mask(self.selected),
+                "holdout": self.mask(self.holdout),
                 "round": self.round,
             }
         )
