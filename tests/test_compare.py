@@ -84,6 +84,14 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
     # released runs the released settings whatever params.yaml says (50 cycles, last one kept)
     assert by[("kd", 0)].chosen_cycle == 2 and by[("released", 0)].chosen_cycle == 50
     assert 1 <= by[("bedkd", 0)].chosen_cycle <= 2
+    # the defender's validation is kept per cycle: victim (cycle 0) + each cycle, per AKD round
+    bk, rel = by[("bedkd", 0)], by[("released", 0)]
+    assert bk.val_history is not None and len(bk.val_history) == 2 * (1 + 2)  # redetect 1: two rounds
+    assert bk.val_acc == next(h["val/acc"] for h in bk.val_history if h["round"] == 2.0 and h["cycle"] == bk.chosen_cycle)
+    assert rel.val_history is not None and len(rel.val_history) == 51 and rel.val_acc == rel.val_history[-1]["val/acc"]
+    assert bk.victim_val_acc == rel.victim_val_acc  # same defender rows, same victim
+    for d in ("clean", "finetune", "kd"):
+        assert by[(d, 0)].val_acc is None and by[(d, 0)].val_history is None
 
     # A second call reads every run from the cache: nothing is retrained.
     def boom(*a, **k):  # type: ignore[no-untyped-def]

@@ -233,7 +233,7 @@ def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) 
     import pandas as pd
 
     from bedkd.config import DistillLoss
-    from bedkd.distill import Validation, akd, purify, teacher_set
+    from bedkd.distill import Validation, akd, purify, teacher_set, validation_trace
     from bedkd.events import Event
     from bedkd.modeling import load_classifier
     from bedkd.runtime import resolve_runtime
@@ -258,6 +258,15 @@ def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) 
     assert np.all(np.diff(red.score[np.concatenate([red.selected, red.holdout])]) >= 0)  # most suspicious first
     assert sorted({h["round"] for h in pur.result.history}) == [1.0, 2.0]
     assert [e.step for e in events] == [1, 2, 3, 4] and events[-1].metrics["round"] == 2.0  # one monotonic curve
+    # what the defender's validation said, per round and cycle, for the record (compare's RunRecord)
+    tr = validation_trace(pur.result.history, pur.result.chosen_cycle)
+    assert tr is not None and [(h["round"], h["cycle"]) for h in tr.history] == [(r, c) for r in (1.0, 2.0) for c in (0.0, 1.0, 2.0)]
+    last = {h["cycle"]: h["val/acc"] for h in pur.result.history if h["round"] == 2.0}
+    assert tr.victim_acc == last[0.0] and tr.acc == last[float(pur.result.chosen_cycle)]
+    assert all("val/proxy_asr" in h for h in tr.history)
+    assert validation_trace([{"cycle": 1.0, "distill/trust/loss": 0.3}], 1) is None  # run without validation rows
+    with pytest.raises(ValueError, match="chosen cycle 7"):
+        validation_trace(pur.result.history, 7)
     # redetect 0 is one AKD round, as before the option existed
     dist0 = dist.model_copy(update={"redetect": 0})
     once = purify(params=dist0, **common)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from bedkd.compare.cells import cell_folder, cell_key, materialise_cell
 from bedkd.config import Params, released, section_hash, with_overrides
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import detect
-from bedkd.distill import akd, purify
+from bedkd.distill import ValidationTrace, akd, purify, validation_trace
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, write_json
 from bedkd.metrics import detection_metrics
@@ -131,6 +131,12 @@ class RunRecord:
     # With distill.redetect, detect_* grade the last round's (purified-student) selection and
     # this field the DMM score the first round punished on.
     dmm_auroc: float | None = None
+    # The defender's validation (no test data): accuracy on its clean validation rows of the victim
+    # and of the returned student, and per AKD cycle (round, cycle, val/acc, val/proxy_asr), so a
+    # run can be checked afterwards against distill.max_val_drop. None for runs without validation.
+    victim_val_acc: float | None = None
+    val_acc: float | None = None
+    val_history: list[dict[str, float]] | None = None
 
 
 @dataclass
@@ -191,6 +197,7 @@ def run_defense(
     clean = cell.clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
     det_auroc = det_prec = det_rec = dmm_auroc = None
     n_kept = chosen = punished = None
+    val: ValidationTrace | None = None
     if defense == "finetune":
         student = clone_classifier(cell.victim)
         enc = encode(student.tokenizer, clean["text"].tolist(), clean["label"].to_numpy(), p.model.max_length)
@@ -217,6 +224,7 @@ def run_defense(
             m2 = detection_metrics(last.score, cell.is_poisoned, last.mask(last.selected))
             dmm_auroc, det_auroc, det_prec, det_rec, n_kept = det_auroc, m2.auroc, m2.precision, m2.recall, m2.n_kept
         student, chosen = pur.result.student, pur.result.chosen_cycle
+        val = validation_trace(pur.result.history, chosen)
     else:  # kd: trust passes only, nothing punished
         out = akd(cell.victim, clean, clean.iloc[:0], p.distill, runtime, seed, p.model.max_length)
         student, chosen = out.student, out.chosen_cycle
@@ -227,6 +235,8 @@ def run_defense(
         victim_cacc=cell.victim_cacc, victim_asr=cell.victim_asr, student_cacc=s.cacc, student_asr=s.asr,
         detect_auroc=det_auroc, detect_precision=det_prec, detect_recall=det_rec, n_kept=n_kept,
         chosen_cycle=chosen, wall_s=wall, machine=machine, punished_label=punished, dmm_auroc=dmm_auroc,
+        victim_val_acc=None if val is None else val.victim_acc, val_acc=None if val is None else val.acc,
+        val_history=None if val is None else val.history,
     )
 
 

@@ -166,6 +166,33 @@ def akd(
 
 
 @dataclass(frozen=True)
+class ValidationTrace:
+    """What the defender's validation said about a purification (read from an AKD history)."""
+
+    victim_acc: float  # val/acc of the victim (cycle 0) in the round the student comes from
+    acc: float  # val/acc of the returned student (the chosen cycle of the last round)
+    history: list[dict[str, float]]  # per validated cycle: round, cycle, val/acc (, val/proxy_asr)
+
+
+def validation_trace(history: Sequence[dict[str, float]], chosen_cycle: int) -> ValidationTrace | None:
+    """The validation rows of an ``akd``/``purify`` history; None when it was run without validation.
+    Rounds (``purify``) are told apart by their ``round`` key; the student is from the last one."""
+    rows = [h for h in history if "val/acc" in h]
+    if not rows:
+        return None
+    last = max(h.get("round", 1.0) for h in rows)
+    in_last = {int(h["cycle"]): h["val/acc"] for h in rows if h.get("round", 1.0) == last}
+    if 0 not in in_last or chosen_cycle not in in_last:
+        raise ValueError(f"history has no validation for the victim (cycle 0) or the chosen cycle {chosen_cycle}")
+    keys = ("round", "cycle", "val/acc", "val/proxy_asr")
+    return ValidationTrace(
+        victim_acc=in_last[0],
+        acc=in_last[chosen_cycle],
+        history=[{k: float(h.get(k, 1.0)) for k in keys if k in h or k == "round"} for h in rows],
+    )
+
+
+@dataclass(frozen=True)
 class Redetection:
     """One redetection: the purified student's view of the training set and the next punish set."""
 
@@ -271,4 +298,7 @@ def purify(
     return PurifyResult(result=DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle), redetections=redetections)
 
 
-__all__ = ["CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "akd", "pick_cycle", "purify", "teacher_set"]
+__all__ = [
+    "CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "ValidationTrace", "akd", "pick_cycle", "purify",
+    "teacher_set", "validation_trace",
+]
