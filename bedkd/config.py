@@ -145,6 +145,12 @@ class DistillParams(_Section):
     punish_cap: float = Field(default=4.6, gt=0.0, le=50.0)
     # Scale of the punish term (1.0 = released code).
     punish_weight: float = Field(default=1.0, ge=0.0)
+    # passes: each cycle is a trust pass over the clean rows, then a punish pass over the flagged
+    # rows (released); joint: one pass over the clean rows whose every step also punishes a batch of
+    # flagged rows, L_trust + punish_weight * P (bounded punish terms only). Measured with passes
+    # (README): the defender's validation accuracy falls to 0.5 after the first punish pass (every
+    # row pushed off the flagged label) and takes the whole run to climb back.
+    schedule: Literal["passes", "joint"] = "passes"
     lr: float = Field(default=3e-5, gt=0.0, le=1.0)
     batch_size: int = Field(default=16, ge=1, le=4096)
     # Evaluate dev CACC / ASR every n cycles (the last cycle is always evaluated).
@@ -159,6 +165,12 @@ class DistillParams(_Section):
     # + ``detect.holdout`` rows of the punished label the way ``detect.selection: rank`` does, and
     # reruns AKD from the victim on them; the last round's student is the result.
     redetect: int = Field(default=0, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _joint_needs_bounded_punish(self) -> "DistillParams":
+        if self.schedule == "joint" and self.punish == "ascent":
+            raise ValueError("schedule 'joint' needs a bounded punish term (complement or capped_ascent), not 'ascent'")
+        return self
 
 
 class EvaluateParams(_Section):

@@ -6,6 +6,7 @@ reused by every epoch / cycle.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bedkd.config import DistillLoss
-from bedkd.losses import capped_ascent_loss, complement_loss, distill_loss
-from bedkd.modeling import Classifier, Encoded, Outputs, infer, pad_id_of, train_batches
+from bedkd.losses import LossParts, capped_ascent_loss, complement_loss, distill_loss
+from bedkd.modeling import Batch, Classifier, Encoded, Outputs, infer, pad_id_of, train_batches
 from bedkd.runtime import Runtime
 
 
@@ -43,6 +44,37 @@ def _pad_hidden(states: list[torch.Tensor], length: int) -> torch.Tensor:
     return out
 
 
+def _distill_batch_loss(
+    model: torch.nn.Module, data: DistillSet, b: Batch, loss_cfg: DistillLoss, runtime: Runtime, use_hidden: bool
+) -> LossParts:
+    """L (bedkd.losses.distill_loss) of the student on one batch of ``data`` against the cached teacher."""
+    t_logits = data.teacher.logits[b.index].to(runtime.device)
+    with runtime.autocast():
+        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=use_hidden)
+    t_hidden = s_hidden = None
+    if use_hidden:
+        assert data.teacher.hidden is not None
+        t_hidden = _pad_hidden([data.teacher.hidden[i] for i in b.index.tolist()], b.input_ids.shape[1]).to(runtime.device)
+        s_hidden = out.hidden_states[-1]
+    return distill_loss(
+        out.logits,
+        t_logits,
+        b.labels,
+        alpha=loss_cfg.alpha,
+        temperature=loss_cfg.temperature,
+        student_hidden=s_hidden,
+        teacher_hidden=t_hidden,
+        mask=b.attention_mask,
+        hidden_weight=loss_cfg.hidden_weight,
+    )
+
+
+def _flagged_batch_loss(model: torch.nn.Module, b: Batch, runtime: Runtime, cap: float | None) -> torch.Tensor:
+    with runtime.autocast():
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    return complement_loss(logits, b.labels) if cap is None else capped_ascent_loss(logits, b.labels, cap)
+
+
 def distill_pass(
     student: Classifier,
     data: DistillSet,
@@ -67,26 +99,7 @@ def distill_pass(
     n_batches = (len(data) + batch_size - 1) // batch_size
     batches = train_batches(data.enc, batch_size, rng, pad, runtime.device)
     for b in tqdm(batches, total=n_batches, desc=desc, disable=not runtime.progress or desc is None, leave=False):
-        t_logits = data.teacher.logits[b.index].to(runtime.device)
-        with runtime.autocast():
-            out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=use_hidden)
-        t_hidden = None
-        s_hidden = None
-        if use_hidden:
-            assert data.teacher.hidden is not None
-            t_hidden = _pad_hidden([data.teacher.hidden[i] for i in b.index.tolist()], b.input_ids.shape[1]).to(runtime.device)
-            s_hidden = out.hidden_states[-1]
-        parts = distill_loss(
-            out.logits,
-            t_logits,
-            b.labels,
-            alpha=loss_cfg.alpha,
-            temperature=loss_cfg.temperature,
-            student_hidden=s_hidden,
-            teacher_hidden=t_hidden,
-            mask=b.attention_mask,
-            hidden_weight=loss_cfg.hidden_weight,
-        )
+        parts = _distill_batch_loss(model, data, b, loss_cfg, runtime, use_hidden)
         optimizer.zero_grad(set_to_none=True)
         (sign * parts.total).backward()
         optimizer.step()
@@ -120,12 +133,65 @@ def flagged_pass(
     pad = pad_id_of(student.tokenizer)
     total, n = 0.0, 0
     for b in train_batches(enc, batch_size, rng, pad, runtime.device):
-        with runtime.autocast():
-            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-        loss = complement_loss(logits, b.labels) if cap is None else capped_ascent_loss(logits, b.labels, cap)
+        loss = _flagged_batch_loss(model, b, runtime, cap)
         optimizer.zero_grad(set_to_none=True)
         (weight * loss).backward()
         optimizer.step()
         total += float(loss.detach()) * len(b.index)
         n += len(b.index)
     return {("complement" if cap is None else "capped_ascent"): total / max(n, 1)}
+
+
+def _endless_batches(enc: Encoded, batch_size: int, rng: np.random.Generator, pad: int, device: torch.device) -> Iterator[Batch]:
+    """Shuffled batches of ``enc``, reshuffled each time it is used up."""
+    while True:
+        yield from train_batches(enc, batch_size, rng, pad, device)
+
+
+def joint_pass(
+    student: Classifier,
+    trust: DistillSet,
+    flagged: Encoded,
+    loss_cfg: DistillLoss,
+    weight: float,
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    rng: np.random.Generator,
+    batch_size: int,
+    *,
+    cap: float | None = None,
+) -> dict[str, float]:
+    """One epoch over the trust rows in which every step also punishes a batch of flagged rows:
+    minimise L(trust batch) + ``weight`` * P(flagged batch), P = complement_loss (or
+    capped_ascent_loss with ``cap``). The flagged rows are drawn in reshuffled rounds, as many
+    batches as the trust pass has. Unlike a trust pass followed by a punish pass, the student
+    never takes a run of punish-only steps (those push every row of the flagged label away,
+    clean ones too, and the next trust pass has to win them back). Returns the mean trust loss
+    parts and the mean punish term under its name."""
+    model = student.model
+    model.train()
+    pad = pad_id_of(student.tokenizer)
+    use_hidden = trust.teacher.hidden is not None and loss_cfg.hidden_weight > 0
+    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "mse": 0.0}
+    pun_sum, n, n_steps = 0.0, 0, 0
+    punish_batches = _endless_batches(flagged, batch_size, rng, pad, runtime.device) if len(flagged) else None
+    for b in train_batches(trust.enc, batch_size, rng, pad, runtime.device):
+        parts = _distill_batch_loss(model, trust, b, loss_cfg, runtime, use_hidden)
+        total = parts.total
+        if punish_batches is not None:
+            pun = _flagged_batch_loss(model, next(punish_batches), runtime, cap)
+            total = total + weight * pun
+            pun_sum += float(pun.detach())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        k = len(b.index)
+        n += k
+        n_steps += 1
+        sums["loss"] += float(parts.total.detach()) * k
+        sums["ce"] += parts.ce * k
+        sums["kl"] += parts.kl * k
+        sums["mse"] += parts.mse * k
+    out = {f"trust/{key}": v / max(n, 1) for key, v in sums.items()}
+    out["punish/" + ("complement" if cap is None else "capped_ascent")] = pun_sum / max(n_steps, 1)
+    return out

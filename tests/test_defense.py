@@ -44,6 +44,8 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"distill.punish_cap": 0.0}, "distill.punish_cap"),
         ({"detect.warmup_ratio": 1.5}, "detect.warmup_ratio"),
         ({"distill.redetect": 9}, "distill.redetect"),
+        ({"distill.schedule": "mixed"}, "distill.schedule"),
+        ({"distill.schedule": "joint", "distill.punish": "ascent"}, "distill"),
         ({"distill.select": "oracle"}, "distill.select"),
         ({"detect.stop_flip_acc": 1.5}, "detect.stop_flip_acc"),
         ({"detect.label_filter": "target"}, "detect.label_filter"),
@@ -187,6 +189,47 @@ def test_pick_cycle_prefers_low_proxy_within_the_accuracy_budget() -> None:
     assert pick_cycle(hist, victim_val_acc=0.99, max_val_drop=0.01) == 4
     with pytest.raises(ValueError):
         pick_cycle([{"cycle": 1.0}], 0.9, 0.01)
+
+
+def test_joint_schedule_punishes_inside_every_trust_step(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from bedkd.config import DistillLoss
+    from bedkd.distill import akd, teacher_set
+    from bedkd.distillation import joint_pass
+    from bedkd.modeling import clone_classifier, encode, load_classifier, predict_proba
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    clean = pd.DataFrame({"text": [f"clean row {i} film" for i in range(10)], "label": [i % 2 for i in range(10)]})
+    flagged = pd.DataFrame({"text": [f"cf bb row {i}" for i in range(7)], "label": [1] * 7})
+    dist = DistillParams(cycles=2, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=1.0), punish="complement", schedule="joint")
+    trust = teacher_set(victim, clean, dist, rt, 16)
+    fenc = encode(victim.tokenizer, flagged["text"].tolist(), flagged["label"].to_numpy(), 16)
+    student = clone_classifier(victim)
+    student.model.to(rt.device)
+    opt = torch.optim.Adam(student.model.parameters(), lr=1e-3)
+    steps: list[int] = []
+    opt.register_step_post_hook(lambda *_: steps.append(1))
+    before = predict_proba(student, fenc, rt, 8)[:, 1].mean()
+    out = joint_pass(student, trust, fenc, dist.loss, 1.0, opt, rt, np.random.default_rng(0), 4)
+    # one optimizer step per trust batch (10 rows / 4 -> 3), each also on a batch of flagged rows
+    assert len(steps) == 3
+    assert set(out) == {"trust/loss", "trust/ce", "trust/kl", "trust/mse", "punish/complement"} and out["punish/complement"] > 0
+    for _ in range(4):
+        joint_pass(student, trust, fenc, dist.loss, 1.0, opt, rt, np.random.default_rng(1), 4)
+    assert predict_proba(student, fenc, rt, 8)[:, 1].mean() < before  # pushed off the flagged label
+    # capped ascent in the joint step too
+    capped = joint_pass(student, trust, fenc, dist.loss, 1.0, opt, rt, np.random.default_rng(2), 4, cap=2.0)
+    assert -2.0 <= capped["punish/capped_ascent"] <= 0
+    # in akd: one joint pass per cycle, logged under the same names as the two-pass schedule
+    res = akd(victim, clean, flagged, dist, rt, 0, 16)
+    assert {"distill/trust/loss", "distill/punish/complement"} <= set(res.history[-1]) and len(res.history) == 2
+    # nothing flagged (kd): the joint schedule is the plain trust pass, same numbers
+    kd_joint = akd(victim, clean, flagged.iloc[:0], dist, rt, 0, 16)
+    kd_passes = akd(victim, clean, flagged.iloc[:0], dist.model_copy(update={"schedule": "passes"}), rt, 0, 16)
+    assert [h["distill/trust/loss"] for h in kd_joint.history] == pytest.approx([h["distill/trust/loss"] for h in kd_passes.history])
 
 
 def test_pseudo_flip_rows_take_the_least_suspicious_fitted_rows_per_label() -> None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bedkd.config import DetectParams, DistillParams
 from bedkd.detect import purified_score, select_rank
-from bedkd.distillation import DistillSet, distill_pass, flagged_pass, with_teacher
+from bedkd.distillation import DistillSet, distill_pass, flagged_pass, joint_pass, with_teacher
 from bedkd.events import Callback, Event, emit
 from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, predict_proba
 from bedkd.runtime import Runtime
@@ -130,17 +130,22 @@ def akd(
     bar = tqdm(range(1, params.cycles + 1), desc="distill cycles", disable=not runtime.progress)
     for cycle in bar:
         t0 = time.perf_counter()
-        trust = distill_pass(student, trust_set, params.loss, opt, runtime, rng, params.batch_size)
-        metrics = {f"distill/trust/{k}": v for k, v in trust.items()}
-        if do_punish and params.punish == "ascent":
-            assert punish_set is not None
-            # Gradient ascent on L over the detected rows: move away from the teacher's mapping.
-            pun = distill_pass(student, punish_set, params.loss, opt, runtime, rng, params.batch_size, sign=-params.punish_weight)
-            metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
-        elif do_punish:
-            cap = params.punish_cap if params.punish == "capped_ascent" else None
-            pun = flagged_pass(student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap)
-            metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
+        cap = params.punish_cap if params.punish == "capped_ascent" else None
+        if do_punish and params.schedule == "joint":
+            # One pass, each step L(trust batch) + punish_weight * P(flagged batch).
+            both = joint_pass(student, trust_set, punish_enc, params.loss, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap)
+            metrics = {f"distill/{k}": v for k, v in both.items()}
+        else:
+            trust = distill_pass(student, trust_set, params.loss, opt, runtime, rng, params.batch_size)
+            metrics = {f"distill/trust/{k}": v for k, v in trust.items()}
+            if do_punish and params.punish == "ascent":
+                assert punish_set is not None
+                # Gradient ascent on L over the detected rows: move away from the teacher's mapping.
+                pun = distill_pass(student, punish_set, params.loss, opt, runtime, rng, params.batch_size, sign=-params.punish_weight)
+                metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
+            elif do_punish:
+                pun = flagged_pass(student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap)
+                metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
         metrics["cycle_s"] = time.perf_counter() - t0
         if val_clean is not None and val_flagged is not None:
             metrics.update(_val_metrics(student, val_clean, val_flagged, runtime, 256))
