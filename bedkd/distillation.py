@@ -75,6 +75,15 @@ def _flagged_batch_loss(model: torch.nn.Module, b: Batch, runtime: Runtime, cap:
     return complement_loss(logits, b.labels) if cap is None else capped_ascent_loss(logits, b.labels, cap)
 
 
+def _accumulate(sums: dict[str, float], parts: LossParts, k: int) -> int:
+    """Add a batch of ``k`` rows' loss parts (unsigned) to the running sums; returns ``k``."""
+    sums["loss"] += float(parts.total.detach()) * k
+    sums["ce"] += parts.ce * k
+    sums["kl"] += parts.kl * k
+    sums["mse"] += parts.mse * k
+    return k
+
+
 def distill_pass(
     student: Classifier,
     data: DistillSet,
@@ -105,12 +114,7 @@ def distill_pass(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        k = len(b.index)
-        n += k
-        sums["loss"] += float(parts.total.detach()) * k
-        sums["ce"] += parts.ce * k
-        sums["kl"] += parts.kl * k
-        sums["mse"] += parts.mse * k
+        n += _accumulate(sums, parts, len(b.index))
     return {key: v / max(n, 1) for key, v in sums.items()}
 
 
@@ -185,13 +189,8 @@ def joint_pass(
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        k = len(b.index)
-        n += k
+        n += _accumulate(sums, parts, len(b.index))
         n_steps += 1
-        sums["loss"] += float(parts.total.detach()) * k
-        sums["ce"] += parts.ce * k
-        sums["kl"] += parts.kl * k
-        sums["mse"] += parts.mse * k
     out = {f"trust/{key}": v / max(n, 1) for key, v in sums.items()}
     out["punish/" + ("complement" if cap is None else "capped_ascent")] = pun_sum / max(n_steps, 1)
     return out
