@@ -165,6 +165,13 @@ class DistillParams(_Section):
     # + ``detect.holdout`` rows of the punished label the way ``detect.selection: rank`` does, and
     # reruns AKD from the victim on them; the last round's student is the result.
     redetect: int = Field(default=0, ge=0, le=5)
+    # How many rows a redetection round punishes. fixed: ``detect.keep``; excess: the estimated
+    # number of poisoned rows (bedkd.detect.excess_count): the punished label's fitted training rows
+    # under ``detect.threshold`` in excess of the purified student's flag rate on the defender's
+    # clean validation rows of that label, at most ``redetect_keep_max``. The poisoned share differs
+    # by attack (sst-2: ~690 BadNets rows, ~1380 SynBkd/StyleBkd rows), a constant keep does not.
+    redetect_keep: Literal["fixed", "excess"] = "fixed"
+    redetect_keep_max: int = Field(default=2048, ge=1)
 
     @model_validator(mode="after")
     def _joint_needs_bounded_punish(self) -> "DistillParams":

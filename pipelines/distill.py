@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         res = pur.result
         for red in pur.redetections:
-            tracker.log_metrics({"distill/redetect/n_selected": float(len(red.selected)), "distill/redetect/round": float(red.round)})
+            extra = {} if red.estimate is None else {"distill/redetect/estimate": float(red.estimate)}
+            tracker.log_metrics({"distill/redetect/n_selected": float(len(red.selected)), "distill/redetect/round": float(red.round), **extra})
         tracker.log_metrics({"distill/chosen_cycle": float(res.chosen_cycle)})
         # The rows the returned student was punished on: the last redetection, or DMM's own selection.
         last = pur.redetections[-1] if pur.redetections else Redetection(round=1, score=scores["score"].to_numpy(), selected=selected, holdout=holdout)

@@ -111,6 +111,34 @@ def test_label_filters_pick_the_target_label() -> None:
     assert excess_label(flagged, labels, ~ref_flagged, ref_labels, 2) == 0
 
 
+def test_excess_count_estimates_the_poisoned_rows_of_a_label() -> None:
+    from bedkd.detect import excess_count
+
+    # label 1: 1000 fitted rows, 300 poisoned (all flagged) + 700 clean flagged at the clean rate 0.1
+    # (70) -> 370 flagged; the reference rows of label 1 are flagged at 0.1 too: (370 - 100) / 0.9 = 300.
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 1000 + [0] * 500)
+    score = np.ones(1500)
+    score[:300] = 0.05
+    score[300 + rng.choice(700, size=70, replace=False)] = 0.2
+    score[1000:1400] = 0.1  # label 0 is flagged a lot but is not the label asked about
+    vpred = labels.copy()
+    ref_labels = np.array([1] * 50 + [0] * 50)
+    ref_score = np.ones(100)
+    ref_score[:5] = 0.3  # 5 of 50 -> 0.1
+    ref_pred = ref_labels.copy()
+    assert excess_count(score, vpred, labels, ref_score, ref_pred, ref_labels, label=1, threshold=0.5) == 300
+    # rows the victim does not fit are neither candidates nor reference rows
+    vpred2, ref_pred2 = vpred.copy(), ref_pred.copy()
+    vpred2[:100] = 0
+    ref_pred2[5:30] = 0  # 5 flagged of 25 fitted -> 0.2: (270 - 0.2 * 900) / 0.8 = 112.5
+    assert excess_count(score, vpred2, labels, ref_score, ref_pred2, ref_labels, label=1, threshold=0.5) == 112
+    # no excess -> 0; the clean rate above the flagged rate never goes negative
+    assert excess_count(np.ones(1500), vpred, labels, ref_score, ref_pred, ref_labels, label=1, threshold=0.5) == 0
+    with pytest.raises(ValueError, match="no clean reference row of label 1"):
+        excess_count(score, vpred, labels, ref_score, ref_pred, np.zeros(100, dtype=int), label=1, threshold=0.5)
+
+
 def test_released_selection_scans_and_caps() -> None:
     rng = np.random.default_rng(0)
     score = rng.uniform(0, 0.2, size=500)
@@ -328,3 +356,10 @@ def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) 
     assert frame.index[frame["selected"]].tolist() == sorted(red.selected.tolist()) and frame["holdout"].sum() == 2
     with pytest.raises(ValueError, match="is_poisoned"):
         purify(params=dist, **{**common, "train": train.assign(is_poisoned=False)})  # type: ignore[arg-type]
+    # redetect_keep excess: the round punishes as many rows as excess_count estimates (capped)
+    dist_x = dist.model_copy(update={"redetect_keep": "excess", "redetect_keep_max": 5})
+    (rx,) = purify(params=dist_x, **common).redetections  # type: ignore[arg-type]
+    assert rx.estimate is not None and 0 <= rx.estimate <= 12  # 12 rows of label 0, all fitted
+    assert len(rx.selected) == max(1, min(rx.estimate, 5))
+    with pytest.raises(ValueError, match="redetect_keep=excess needs"):
+        purify(params=dist_x, **{**common, "only_label": None})  # type: ignore[arg-type]

@@ -257,7 +257,7 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
 
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
-KD_UNUSED = frozenset({"punish", "punish_cap", "max_val_drop", "redetect", "schedule"})
+KD_UNUSED = frozenset({"punish", "punish_cap", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

@@ -132,6 +132,39 @@ def excess_label(flagged: np.ndarray, file_label: np.ndarray, ref_flagged: np.nd
     return int(np.argmax(excess))
 
 
+def excess_count(
+    score: np.ndarray,
+    victim_pred: np.ndarray,
+    file_label: np.ndarray,
+    ref_score: np.ndarray,
+    ref_victim_pred: np.ndarray,
+    ref_label: np.ndarray,
+    *,
+    label: int,
+    threshold: float,
+) -> int:
+    """Estimated number of poisoned rows of ``label``: its flagged rows beyond the clean flag rate.
+
+    Among the training rows of ``label`` that the victim fits (N of them, n flagged: score <
+    threshold), a clean row is flagged at the rate f measured on the defender's clean reference
+    rows of that label that the victim fits, a poisoned row (nearly) always. So n = f (N - P) + P,
+    P = (n - f N) / (1 - f), rounded, clipped to [0, N]. The reference rows must be drawn like the
+    training rows (the defender's clean rows are training rows too) and unseen by the scoring model.
+    [N] x 3, [M] x 3 -> int.
+    """
+    labels, ref_label = np.asarray(file_label), np.asarray(ref_label)
+    cand = (labels == label) & (np.asarray(victim_pred) == labels)
+    ref = (ref_label == label) & (np.asarray(ref_victim_pred) == ref_label)
+    if not ref.any():
+        raise ValueError(f"excess_count: no clean reference row of label {label} that the victim fits")
+    n_cand = int(cand.sum())
+    n = int((np.asarray(score)[cand] < threshold).sum())
+    f = float((np.asarray(ref_score)[ref] < threshold).mean())
+    if f >= 1.0:
+        return 0
+    return int(np.clip(round((n - f * n_cand) / (1.0 - f)), 0, n_cand))
+
+
 def select_released(
     score: np.ndarray,
     victim_pred: np.ndarray,

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bedkd.config import DetectParams, DistillParams
-from bedkd.detect import purified_score, select_rank
+from bedkd.detect import excess_count, purified_score, select_rank
 from bedkd.distillation import DistillSet, distill_pass, flagged_pass, joint_pass, with_teacher
 from bedkd.events import Callback, Event, emit
 from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, predict_proba
@@ -205,6 +205,7 @@ class Redetection:
     score: np.ndarray  # [N] detect.purified_score of every training row, low = suspicious
     selected: np.ndarray  # training-row indices punished in that round
     holdout: np.ndarray  # training-row indices held out of punishing, for validation
+    estimate: int | None = None  # distill.redetect_keep=excess: the estimated poisoned rows (before the cap)
 
     def mask(self, rows: np.ndarray) -> np.ndarray:
         """[N] boolean mask of ``rows`` (``self.selected`` or ``self.holdout``) over the training set."""
@@ -285,6 +286,14 @@ def purify(
             _shifted(callbacks, (rnd - 1) * params.cycles, rnd) if params.redetect else callbacks, validation, trust_set,
         )
 
+    ref: tuple[Encoded, np.ndarray, np.ndarray] | None = None  # validation rows: encoded, labels, victim's predictions
+    if params.redetect and params.redetect_keep == "excess":
+        if validation_clean is None or only_label is None:
+            raise ValueError("distill.redetect_keep=excess needs the defender's validation rows and a punished label (detect.label_filter)")
+        ref_labels = validation_clean["label"].to_numpy()
+        ref_enc = encode(tok, validation_clean["text"].tolist(), ref_labels, max_length)
+        ref = (ref_enc, ref_labels, predict_proba(victim, ref_enc, runtime, eval_batch_size).argmax(1))
+
     res = one_round(1, np.asarray(selected), np.asarray(holdout))
     if not params.redetect:
         return PurifyResult(result=res)
@@ -294,10 +303,17 @@ def purify(
         assert train_enc is not None
         probs = predict_proba(res.student, train_enc, runtime, eval_batch_size)
         score = purified_score(probs, victim_pred, labels)
+        keep, est = select.keep, None
+        if ref is not None:
+            assert only_label is not None
+            ref_enc, ref_labels, ref_pred = ref
+            ref_score = purified_score(predict_proba(res.student, ref_enc, runtime, eval_batch_size), ref_pred, ref_labels)
+            est = excess_count(score, victim_pred, labels, ref_score, ref_pred, ref_labels, label=only_label, threshold=select.threshold)
+            keep = max(1, min(est, params.redetect_keep_max))
         sel, held = select_rank(
-            score, victim_pred, labels, threshold=select.threshold, keep=select.keep, holdout=select.holdout, only_label=only_label
+            score, victim_pred, labels, threshold=select.threshold, keep=keep, holdout=select.holdout, only_label=only_label
         )
-        redetections.append(Redetection(round=rnd, score=score, selected=sel, holdout=held))
+        redetections.append(Redetection(round=rnd, score=score, selected=sel, holdout=held, estimate=est))
         res = one_round(rnd, sel, held)
         history += [{**h, "round": float(rnd)} for h in res.history]
     return PurifyResult(result=DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle), redetections=redetections)
