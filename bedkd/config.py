@@ -196,16 +196,29 @@ class PromoteParams(_Section):
     champion_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
-class SearchDim(_Section):
-    """One tuned knob: a range on a linear or log scale, integer or real."""
+Choice = str | int | float | bool | None
 
-    low: float
-    high: float
+
+class SearchDim(_Section):
+    """One tuned knob: a range on a linear or log scale, integer or real, or a list of choices
+    (a switch such as ``distill.schedule``: ``{choices: [passes, joint]}``)."""
+
+    low: float | None = None
+    high: float | None = None
     log: bool = False
     integer: bool = False
+    choices: list[Choice] | None = Field(default=None, min_length=2)
 
     @model_validator(mode="after")
     def _range(self) -> "SearchDim":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.integer:
+                raise ValueError("give either choices or a range (low, high, log, integer), not both")
+            if len(set(map(repr, self.choices))) != len(self.choices):
+                raise ValueError(f"choices repeat a value: {self.choices}")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give choices)")
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be < high ({self.high})")
         if self.log and self.low <= 0:
@@ -238,6 +251,15 @@ TUNABLE = (
     "distill.lr",
     "distill.max_val_drop",
     "distill.redetect",
+    # switches (tuned as choices)
+    "detect.score",
+    "detect.selection",
+    "detect.label_filter",
+    "distill.punish",
+    "distill.schedule",
+    "distill.select",
+    "distill.redetect_keep",
+    "distill.redetect_keep_max",
 )
 
 
@@ -452,14 +474,14 @@ def with_overrides(params: Params, overrides: dict[str, Any], where: str = "over
 def check_space(params: Params, path: str | Path = "params.yaml") -> None:
     """Every range end must itself be a valid value of its knob (bounds and integer-ness)."""
     for key, dim in params.tune.space.items():
-        for end in (dim.low, dim.high):
-            value: Any = int(end) if dim.integer else end
+        values: list[Any] = list(dim.choices) if dim.choices is not None else [int(e) if dim.integer else e for e in (dim.low, dim.high)]
+        for value in values:
             try:
                 with_overrides(params, {key: value}, where=str(path))
             except ConfigError as e:
-                raise ConfigError(f"{path}: tune.space.{key}: {end} is not a valid value ({e})") from None
+                raise ConfigError(f"{path}: tune.space.{key}: {value} is not a valid value ({e})") from None
         current = params
         for part in key.split("."):
             current = getattr(current, part)
-        if isinstance(current, int) and not isinstance(current, bool) and not dim.integer:
+        if dim.choices is None and isinstance(current, int) and not isinstance(current, bool) and not dim.integer:
             raise ConfigError(f"{path}: tune.space.{key}: integer knob needs 'integer: true'")

@@ -18,7 +18,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from bedkd import cli
 from bedkd.config import Params, check_space, load_params, with_overrides
-from bedkd.errors import BedkdError
+from bedkd.errors import BedkdError, ConfigError
 from bedkd.evaluate.plots import plot_pareto
 from bedkd.events import Event
 from bedkd.io import atomic_dir, write_json, write_text_atomic
@@ -73,6 +73,10 @@ def open_study(storage: RDBStorage, name: str, params: Params) -> optuna.Study:
 def suggest(trial: optuna.Trial, params: Params) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, dim in params.tune.space.items():
+        if dim.choices is not None:
+            out[key] = trial.suggest_categorical(key, dim.choices)
+            continue
+        assert dim.low is not None and dim.high is not None  # SearchDim: a range when there are no choices
         if dim.integer:
             out[key] = trial.suggest_int(key, int(dim.low), int(dim.high), log=dim.log)
         else:
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         def objective(trial: optuna.Trial) -> float | tuple[float, float]:
             ran.append(trial.number)
             overrides = suggest(trial, params)
+            # Switches tuned together can combine into an invalid setting (schedule joint with punish
+            # ascent): such a trial fails with the config error and the study goes on.
             tp = with_overrides(params, overrides, where=f"trial {trial.number}")
             with nested_run(
                 experiment_name(params), f"trial-{trial.number}", {**tags, "bedkd.role": "trial", "optuna.trial": str(trial.number)},
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             return result.dev_asr
 
         start = time.perf_counter()
-        study.optimize(objective, n_trials=args.n_trials, timeout=args.timeout, n_jobs=args.n_jobs, catch=(RuntimeError, ValueError))
+        study.optimize(objective, n_trials=args.n_trials, timeout=args.timeout, n_jobs=args.n_jobs, catch=(RuntimeError, ValueError, ConfigError))
         elapsed = time.perf_counter() - start
         mine = len(ran)
         rows, front = pareto_rows(study, params)

@@ -33,6 +33,11 @@ SPACE = {
         ({"distill.cycles": {"low": 1, "high": 10}}, "integer knob needs 'integer: true'"),
         ({"distill.cycles": {"low": 1.5, "high": 10, "integer": True}}, "integer bounds"),
         ({}, "empty search space"),
+        ({"distill.schedule": {"choices": ["passes", "jont"]}}, "tune.space.distill.schedule: jont is not a valid value"),
+        ({"distill.schedule": {"choices": ["joint"]}}, "at least 2 items"),
+        ({"distill.schedule": {"choices": ["joint", "joint"]}}, "choices repeat a value"),
+        ({"distill.schedule": {"choices": ["passes", "joint"], "low": 0}}, "either choices or a range"),
+        ({"distill.cycles": {"low": 1, "integer": True}}, "a range needs low and high"),
     ],
 )
 def test_bad_search_space_is_rejected(tmp_path: Path, space: dict, message: str) -> None:
@@ -43,6 +48,28 @@ def test_bad_search_space_is_rejected(tmp_path: Path, space: dict, message: str)
     with pytest.raises(ConfigError) as e:
         check_space(load_params(f), f)
     assert message in str(e.value) and str(f) in str(e.value)
+
+
+def test_switches_are_tuned_as_choices() -> None:
+    import optuna
+
+    from bedkd.config import with_overrides
+    from pipelines.tune import suggest
+
+    params = load_params(ROOT / "params.yaml")
+    space = {"distill.schedule": {"choices": ["passes", "joint"]}, "distill.redetect_keep_max": {"choices": [1024, 2048]}}
+    params = with_overrides(params, {"tune.space": space})
+    check_space(params)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        out = suggest(trial, params)
+        tp = with_overrides(params, out)
+        assert tp.distill.schedule == out["distill.schedule"] and type(tp.distill.redetect_keep_max) is int
+        seen.add((out["distill.schedule"], out["distill.redetect_keep_max"]))
+        study.tell(trial, 0.0)
+    assert seen == {(s, k) for s in ("passes", "joint") for k in (1024, 2048)}
 
 
 def tune_params(project: Path, name: str, **tune: object) -> Path:
