@@ -170,6 +170,8 @@ class DistillParams(_Section):
     # under ``detect.threshold`` in excess of the purified student's flag rate on the defender's
     # clean validation rows of that label, at most ``redetect_keep_max``. The poisoned share differs
     # by attack (sst-2: ~690 BadNets rows, ~1380 SynBkd/StyleBkd rows), a constant keep does not.
+    # Measured (README): needs an accurate purified student (schedule joint); after the passes
+    # schedule's collapse the student flags many clean rows and the estimate overshoots.
     redetect_keep: Literal["fixed", "excess"] = "fixed"
     redetect_keep_max: int = Field(default=2048, ge=1)
 
