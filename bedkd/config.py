@@ -474,7 +474,7 @@ def with_overrides(params: Params, overrides: dict[str, Any], where: str = "over
 
 
 def check_space(params: Params, path: str | Path = "params.yaml") -> None:
-    """Every range end must itself be a valid value of its knob (bounds and integer-ness)."""
+    """Every range end and every choice must itself be a valid value of its knob (bounds, integer-ness, literals)."""
     for key, dim in params.tune.space.items():
         values: list[Any] = list(dim.choices) if dim.choices is not None else [int(e) if dim.integer else e for e in (dim.low, dim.high)]
         for value in values:
