@@ -1,0 +1,139 @@
+"""Research (not a pipeline stage): which detector signals separate a cell's poisoned rows?
+
+Grades, on one cell of the comparison harness (the same victim and defender pools as
+``python -m pipelines.compare``), the detector AUROC of
+  - the DMM copy's agreement score, one copy and the mean of ``--copies`` copies (seeds s + 1000 k,
+    the same flipped rows): does averaging copies remove the seed-to-seed spread of the DMM?
+  - linear probes trained on the defender's clean rows (flipped + trust pools, true labels) over
+    mean-pooled hidden states of the victim (every layer) and of the pretrained backbone (input
+    embeddings and last layer): p_probe(file label), low = suspicious;
+  - novelty: mean cosine similarity to the 10 nearest clean rows;
+  - the rank sum of a probe and the DMM score (two signals with different failure modes).
+AUROC is computed over all training rows (``all``) and over the rows selection actually ranks:
+fitted by the victim, labelled with the target label (``fit_target``). ``is_poisoned`` is read
+for grading only. Results in README "Results"; records in reports/compare/research-*.json.
+
+    python scripts/detector_signals.py --cell sst-2/style --seeds 0,1 --copies 5 --out /tmp/style.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from sklearn.linear_model import LogisticRegression
+from transformers import AutoModel, PreTrainedModel
+
+from bedkd.compare import Cell, cell_params, defense_params, load_cell
+from bedkd.compare.cells import materialise_cell
+from bedkd.config import load_params
+from bedkd.defender import defender_pools, flipped_set
+from bedkd.detect import agreement_score, flip_distill
+from bedkd.metrics import detection_metrics
+from bedkd.modeling import encode, eval_batches, infer, pad_id_of, resolve_backbone
+from bedkd.runtime import Runtime, resolve_runtime
+from bedkd.settings import get_settings
+from bedkd.tune import Data, TuneContext
+
+
+def pooled_states(model: PreTrainedModel, cell: Cell, texts: list[str], runtime: Runtime) -> np.ndarray:
+    """Mask-mean-pooled hidden states of every layer: [N, layers + 1, H] (0 = input embeddings)."""
+    tok = cell.victim.tokenizer
+    enc = encode(tok, texts, [0] * len(texts), cell.params.model.max_length)
+    cfg = model.config
+    out = np.zeros((len(enc), cfg.num_hidden_layers + 1, cfg.hidden_size), dtype=np.float32)
+    model.eval()
+    model.to(runtime.device)
+    with torch.no_grad():
+        for b in eval_batches(enc, 256, pad_id_of(tok), runtime.device):
+            with runtime.autocast():
+                hs = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True).hidden_states
+            mask = b.attention_mask.unsqueeze(-1).float()  # [B, L, 1]
+            pooled = torch.stack([(h.float() * mask).sum(1) / mask.sum(1) for h in hs], dim=1)  # [B, layers + 1, H]
+            out[b.index.numpy()] = pooled.cpu().numpy()
+    return out
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--cell", required=True, help="dataset/attack, e.g. sst-2/style")
+    ap.add_argument("--seeds", default="0,1", help="defender seeds, comma-separated")
+    ap.add_argument("--copies", type=int, default=5)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    settings = get_settings()
+    runtime = resolve_runtime()
+    cp = cell_params(load_params(args.params), args.cell)
+    cache = settings.cache_dir.resolve()
+    folder = materialise_cell(cp, settings.data_dir, cache / "cells")
+    victim = TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, cache).victim(cp)
+    cell = load_cell(cp, folder, victim, runtime)
+    # Binary or not, the target label is the one the harness grades ASR against.
+    labels = cell.train["label"].to_numpy()
+    texts = cell.train["text"].tolist()
+    poisoned = cell.is_poisoned
+    v_probs = cell.victim_train_probs
+    fit_target = (v_probs.argmax(1) == labels) & (labels == cp.target_label)
+    pad = pad_id_of(victim.tokenizer)
+    train_enc = encode(victim.tokenizer, texts, labels, cp.model.max_length)
+    # safetensors only, no remote code: the pretrained backbone the victim was fine-tuned from.
+    base = AutoModel.from_pretrained(resolve_backbone(cp.model.backbone), use_safetensors=True, trust_remote_code=False)
+    states = {"victim": pooled_states(victim.model, cell, texts, runtime), "pretrained": pooled_states(base, cell, texts, runtime)}
+
+    def auroc(score: np.ndarray) -> dict[str, float]:
+        none = np.zeros(len(score), dtype=bool)
+        return {
+            "all": round(detection_metrics(score, poisoned, none).auroc, 4),
+            "fit_target": round(detection_metrics(score[fit_target], poisoned[fit_target], none[fit_target]).auroc, 4),
+        }
+
+    records: list[dict[str, object]] = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        p = defense_params(cp, "bedkd", seed)
+        pools = defender_pools(cell.clean_train["label"].to_numpy(), p.num_classes, p.detect.flip_per_class, p.distill.clean_per_class, seed)
+        flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)
+        flip_enc = encode(victim.tokenizer, flip["text"].tolist(), flip["label"].to_numpy(), cp.model.max_length)
+        copies: list[np.ndarray] = []
+        rec: dict[str, object] = {"cell": args.cell, "seed": seed, "dmm": []}
+        for k in range(args.copies):
+            t0 = time.perf_counter()
+            copy, hist = flip_distill(victim, flip_enc, p.detect, runtime, seed + 1000 * k)
+            copies.append(infer(copy.model, train_enc, runtime, 256, pad).probs())
+            rec["dmm"].append({  # type: ignore[union-attr]
+                "copy": k, "epochs": len(hist), "wall_s": round(time.perf_counter() - t0, 1),
+                "single": auroc(agreement_score(v_probs, copies[-1], labels)),
+                "mean_of_copies": auroc(agreement_score(v_probs, np.mean(copies, axis=0), labels)),
+            })
+        dmm = agreement_score(v_probs, copies[0], labels)
+        ref = cell.clean_train.iloc[np.concatenate([pools.dmm, pools.akd])]
+        ref_labels = ref["label"].to_numpy()
+        ref_states = {name: pooled_states(m, cell, ref["text"].tolist(), runtime) for name, m in (("victim", victim.model), ("pretrained", base))}
+        for name, x_all in states.items():
+            layers = range(x_all.shape[1]) if name == "victim" else (0, x_all.shape[1] - 1)
+            for layer in layers:
+                x, r = unit(x_all[:, layer]), unit(ref_states[name][:, layer])
+                novelty = np.sort(x @ r.T, axis=1)[:, -10:].mean(1)  # [N]: high = close to clean rows
+                probe = LogisticRegression(C=1.0, max_iter=3000).fit(r, ref_labels)
+                p_label = probe.predict_proba(x)[np.arange(len(x)), labels]
+                rec[f"{name}/layer{layer}"] = {
+                    "novelty": auroc(novelty),
+                    "probe": auroc(p_label),
+                    "probe+dmm": auroc(rankdata(p_label) + rankdata(dmm)),
+                }
+        print(json.dumps(rec), flush=True)
+        records.append(rec)
+        args.out.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The research scripts under scripts/ run against the current library on a tiny real cell."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.project import ROOT, tiny_params
+
+
+def test_detector_signals_grades_every_signal_on_a_tiny_cell(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(tiny_params(tiny_model))
+    out = tmp_path / "signals.json"
+    env = {**os.environ, "BEDKD_DATA_DIR": str(data_dir), "BEDKD_CACHE_DIR": str(tmp_path / "cache"), "BEDKD_PROGRESS": "false"}
+    cmd = [sys.executable, "scripts/detector_signals.py", "--params", str(params), "--cell", "sst-2/badnets", "--seeds", "0", "--copies", "2", "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    (rec,) = json.loads(out.read_text())
+    assert rec["cell"] == "sst-2/badnets" and rec["seed"] == 0
+    assert [c["copy"] for c in rec["dmm"]] == [0, 1]
+    assert rec["dmm"][0]["single"] == rec["dmm"][0]["mean_of_copies"]  # the mean of one copy is that copy
+    # tiny backbone: 2 layers -> the victim's embeddings + 2 layers; the pretrained model's first and last
+    assert sorted(k for k in rec if "/" in k) == ["pretrained/layer0", "pretrained/layer2", "victim/layer0", "victim/layer1", "victim/layer2"]
+    for key in ("victim/layer1", "pretrained/layer2"):
+        for signal in ("novelty", "probe", "probe+dmm"):
+            auc = rec[key][signal]["all"]
+            assert 0.0 <= auc <= 1.0, (key, signal, auc)
+            fit = rec[key][signal]["fit_target"]
+            assert math.isnan(fit) or 0.0 <= fit <= 1.0
