@@ -29,28 +29,26 @@ from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel, PreTrainedModel
 
-from bedkd.compare import Cell, cell_params, defense_params, load_cell
+from bedkd.compare import cell_params, defense_params, load_cell
 from bedkd.compare.cells import materialise_cell
 from bedkd.config import load_params
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import agreement_score, flip_distill
 from bedkd.metrics import detection_metrics
-from bedkd.modeling import encode, eval_batches, infer, pad_id_of, resolve_backbone
+from bedkd.modeling import Encoded, encode, eval_batches, infer, pad_id_of, resolve_backbone
 from bedkd.runtime import Runtime, resolve_runtime
 from bedkd.settings import get_settings
 from bedkd.tune import Data, TuneContext
 
 
-def pooled_states(model: PreTrainedModel, cell: Cell, texts: list[str], runtime: Runtime) -> np.ndarray:
+def pooled_states(model: PreTrainedModel, enc: Encoded, pad_id: int, runtime: Runtime) -> np.ndarray:
     """Mask-mean-pooled hidden states of every layer: [N, layers + 1, H] (0 = input embeddings)."""
-    tok = cell.victim.tokenizer
-    enc = encode(tok, texts, [0] * len(texts), cell.params.model.max_length)
     cfg = model.config
     out = np.zeros((len(enc), cfg.num_hidden_layers + 1, cfg.hidden_size), dtype=np.float32)
     model.eval()
     model.to(runtime.device)
     with torch.no_grad():
-        for b in eval_batches(enc, 256, pad_id_of(tok), runtime.device):
+        for b in eval_batches(enc, 256, pad_id, runtime.device):
             with runtime.autocast():
                 hs = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True).hidden_states
             mask = b.attention_mask.unsqueeze(-1).float()  # [B, L, 1]
@@ -88,7 +86,8 @@ def main() -> None:
     train_enc = encode(victim.tokenizer, texts, labels, cp.model.max_length)
     # safetensors only, no remote code: the pretrained backbone the victim was fine-tuned from.
     base = AutoModel.from_pretrained(resolve_backbone(cp.model.backbone), use_safetensors=True, trust_remote_code=False)
-    states = {"victim": pooled_states(victim.model, cell, texts, runtime), "pretrained": pooled_states(base, cell, texts, runtime)}
+    # One encoding of the training rows serves the DMM scoring and both state extractions.
+    states = {"victim": pooled_states(victim.model, train_enc, pad, runtime), "pretrained": pooled_states(base, train_enc, pad, runtime)}
 
     def auroc(score: np.ndarray) -> dict[str, float]:
         none = np.zeros(len(score), dtype=bool)
@@ -117,7 +116,8 @@ def main() -> None:
         dmm = agreement_score(v_probs, copies[0], labels)
         ref = cell.clean_train.iloc[np.concatenate([pools.dmm, pools.akd])]
         ref_labels = ref["label"].to_numpy()
-        ref_states = {name: pooled_states(m, cell, ref["text"].tolist(), runtime) for name, m in (("victim", victim.model), ("pretrained", base))}
+        ref_enc = encode(victim.tokenizer, ref["text"].tolist(), ref_labels, cp.model.max_length)
+        ref_states = {name: pooled_states(m, ref_enc, pad, runtime) for name, m in (("victim", victim.model), ("pretrained", base))}
         for name, x_all in states.items():
             layers = range(x_all.shape[1]) if name == "victim" else (0, x_all.shape[1] - 1)
             for layer in layers:
