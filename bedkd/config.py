@@ -113,6 +113,15 @@ class DetectParams(_Section):
     # none: any; majority: the most frequent label among the top keep + holdout candidates;
     # excess: the label flagged most in excess of the copy's flag rate on clean reference rows.
     label_filter: Literal["none", "majority", "excess"] = "none"
+    # excess only. None: one fixed ``threshold`` for every label. q: per label c, the threshold is
+    # max(threshold, the q-quantile of the copy's scores on the clean reference rows of c that the
+    # victim fits), for the label choice and for the rank candidates. A fixed 0.5 assumes the copy
+    # backs the victim on poisoned rows; on agnews / addsent (4 classes) the copy remapped the
+    # trigger with the target class (it predicts the target's flipped label on poisoned rows, only
+    # less confidently than on clean ones: mean score 0.67-0.75 vs median 0.96), so no poisoned row
+    # fell under 0.5 and the choice went to noise (README). Calibrating on clean rows of each label
+    # needs no assumption on how far the copy moved.
+    reference_quantile: float | None = Field(default=None, gt=0.0, le=0.5)
     scan_size: int = Field(default=128, ge=1)
     keep: int = Field(default=32, ge=1)
     # Detection rounds; each later round retrains the copy from the victim on the flipped set plus
@@ -128,6 +137,8 @@ class DetectParams(_Section):
     def _keep_le_scan(self) -> "DetectParams":
         if self.selection == "released" and self.keep > self.scan_size:
             raise ValueError(f"keep ({self.keep}) must be <= scan_size ({self.scan_size})")
+        if self.reference_quantile is not None and (self.label_filter != "excess" or self.selection != "rank"):
+            raise ValueError("reference_quantile needs label_filter 'excess' and selection 'rank' (it calibrates their threshold)")
         return self
 
 
@@ -244,6 +255,7 @@ TUNABLE = (
     "detect.pseudo_per_class",
     "detect.lr",
     "detect.warmup_ratio",
+    "detect.reference_quantile",
     "distill.cycles",
     "distill.loss.alpha",
     "distill.loss.temperature",

@@ -138,3 +138,13 @@ def test_run_keys_follow_what_each_defense_reads() -> None:
     # bedkd reads all of them; the released preset fixes detect/distill, so none of them moves it
     assert len({key(q, "bedkd") for q in (p, punish, trust, warm)}) == 4
     assert len({key(q, "released") for q in (p, punish, trust, warm)}) == 1
+    # an option added after runs were cached leaves the keys of runs that do not switch it on
+    # alone (KEY_OFF), and moves them once it is on
+    calibrated = with_overrides(p, {"detect.reference_quantile": 0.1})
+    off = compare.section_hash(
+        {"cell": compare.cell_key(p), "victim": "victim", "defense": "bedkd",
+         **{k: v for k, v in p.model_dump(mode="json").items() if k in ("seed", "distill", "evaluate")},
+         "detect": {k: v for k, v in p.detect.model_dump(mode="json").items() if k != "reference_quantile"}}
+    )
+    assert key(p, "bedkd") == off
+    assert len({key(q, "bedkd") for q in (p, calibrated, with_overrides(p, {"detect.reference_quantile": 0.2}))}) == 3

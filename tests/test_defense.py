@@ -49,6 +49,8 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"distill.select": "oracle"}, "distill.select"),
         ({"detect.stop_flip_acc": 1.5}, "detect.stop_flip_acc"),
         ({"detect.label_filter": "target"}, "detect.label_filter"),
+        ({"detect.reference_quantile": 0.1}, "detect"),  # needs label_filter excess + rank selection
+        ({"detect.reference_quantile": 0.9, "detect.label_filter": "excess", "detect.selection": "rank"}, "detect.reference_quantile"),
         ({"compare.cells": ["sst-2/badnet"]}, "compare.cells"),
         ({"compare.seeds": {"bedkd": [0, 0]}}, "compare.seeds"),
         ({"compare.seeds": {"bedkd2": [0]}}, "compare.seeds"),
@@ -109,6 +111,35 @@ def test_label_filters_pick_the_target_label() -> None:
     ref_labels = np.array([0] * 100 + [1] * 100)
     assert excess_label(flagged, labels, ref_flagged, ref_labels, 2) == 1
     assert excess_label(flagged, labels, ~ref_flagged, ref_labels, 2) == 0
+
+
+def test_reference_thresholds_calibrate_each_label_on_its_own_clean_rows() -> None:
+    from bedkd.detect import excess_label, reference_thresholds
+
+    # The agnews / addsent failure, in miniature (4 labels, target 0): the flipped copy remapped the
+    # trigger with label 0, so poisoned rows score ~0.7, under the clean rows of label 0 (~0.95) but
+    # above a fixed 0.5; a few clean rows of label 3 fall under 0.5 by chance, a few more in the
+    # training rows than in the reference rows.
+    rng = np.random.default_rng(0)
+    ref_labels = np.repeat(np.arange(4), 100)
+    ref_score = np.clip(rng.normal(0.95, 0.05, 400), 0.0, 1.0)
+    ref_score[300:302] = 0.3  # 2% of label 3's reference rows under 0.5
+    labels = np.repeat(np.arange(4), 1000)
+    score = np.clip(rng.normal(0.95, 0.05, 4000), 0.0, 1.0)
+    score[:300] = rng.normal(0.7, 0.03, 300)  # the poisoned rows of label 0
+    score[3000:3040] = 0.3  # 4% of label 3's training rows under 0.5
+    fits, ref_fits = np.ones(4000, dtype=bool), np.ones(400, dtype=bool)
+    fixed = np.full(4, 0.5)
+    assert excess_label((score < fixed[labels]) & fits, labels, (ref_score < fixed[ref_labels]) & ref_fits, ref_labels, 4) == 3
+    thr = reference_thresholds(ref_score, ref_labels, ref_labels, 4, quantile=0.1, floor=0.5)
+    assert thr.shape == (4,) and np.all(thr >= 0.5) and np.all(thr < 0.95)
+    flagged, ref_flagged = score < thr[labels], ref_score < thr[ref_labels]
+    assert ref_flagged.mean() == pytest.approx(0.1, abs=0.02)  # the quantile's rate on clean rows
+    assert excess_label(flagged, labels, ref_flagged, ref_labels, 4) == 0
+    assert flagged[:300].all()  # every poisoned row is a rank candidate of label 0
+    # the floor binds where the clean rows sit low; a label without fitted reference rows keeps it
+    low = reference_thresholds(np.array([0.1, 0.2, 0.3, 0.9]), np.array([0, 0, 0, 0]), np.array([0, 0, 0, 1]), 3, quantile=0.5, floor=0.5)
+    assert low.tolist() == [0.5, 0.5, 0.5]
 
 
 def test_excess_count_estimates_the_poisoned_rows_of_a_label() -> None:
@@ -285,6 +316,38 @@ def test_flip_distillation_stops_once_the_copy_fits_the_flipped_rows(tiny_model,
     assert len(full) == 6 and "detect/train/flip_acc" not in full[0]
     _, early = flip_distill(victim, enc, DetectParams(**base, stop_flip_acc=0.01), rt, seed=0)
     assert len(early) == 1 and early[0]["detect/train/flip_acc"] >= 0.01
+
+
+def test_detect_with_reference_quantile_ranks_one_label_under_its_calibrated_threshold(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from bedkd.config import DistillLoss
+    from bedkd.detect import detect
+    from bedkd.modeling import load_classifier
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    train = pd.DataFrame({"text": [f"row {i} cf film" if i % 3 == 0 else f"row {i} plain" for i in range(40)], "label": [i % 2 for i in range(40)]})
+    flip = pd.DataFrame({"text": ["a fine film", "a dull film", "great acting", "awful plot"], "label": [0, 1, 0, 1]})
+    ref = pd.DataFrame({"text": [f"clean {i} text" for i in range(16)], "label": [i % 2 for i in range(16)]})
+    params = DetectParams(
+        epochs=1, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), score="agreement", selection="rank",
+        label_filter="excess", threshold=0.05, keep=6, holdout=2, reference_quantile=0.5,
+    )
+    res = detect(victim, train, flip, params, rt, seed=0, max_length=16, reference=ref)
+    target = int(res.summary["detect/target_label"])
+    thr = res.summary["detect/threshold"]
+    assert target in (0, 1) and thr >= 0.05
+    sc = res.scores
+    picked = sc[sc["selected"] | sc["holdout"]]
+    assert (picked["label"] == target).all() and (picked["score"] < thr).all() and (picked["victim_pred"] == picked["label"]).all()
+    # the candidates are every fitted row of the label under the calibrated threshold, most suspicious first
+    cand = sc[(sc["label"] == target) & (sc["victim_pred"] == target) & (sc["score"] < thr)]
+    assert len(res.selected) == min(6, len(cand)) and np.all(np.diff(sc["score"].to_numpy()[res.selected]) >= 0)
+    # off, the fixed threshold: nothing this model scores is under 0.05 unless the copy backs the victim fully
+    plain = detect(victim, train, flip, params.model_copy(update={"reference_quantile": None}), rt, seed=0, max_length=16, reference=ref)
+    assert plain.summary["detect/threshold"] == 0.05
 
 
 def test_purified_score_flags_fitted_rows_the_purified_student_no_longer_backs() -> None:

@@ -244,6 +244,9 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
     """Cache key of one run: the cell, the victim and everything the defense reads."""
     p = defense_params(params, defense, seed)
     full = p.model_dump(mode="json")
+    for section, name in KEY_OFF:  # an option added later, while off, reads nothing: keep older keys
+        if full[section][name] == KEY_OFF[(section, name)]:
+            del full[section][name]
     parts = {k: full[k] for k in ("seed", "detect", "distill", "evaluate")}
     if defense == "kd":  # no detector, no punish pass, last cycle: those knobs cannot change it
         parts = {k: full[k] for k in ("seed", "distill", "evaluate")}
@@ -255,6 +258,10 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
         parts = {"model": clean_model_key(p), "evaluate": full["evaluate"]}
     return section_hash({"cell": cell_key(params), "victim": victim_key, "defense": defense, **parts})
 
+
+# Options added after runs were cached, with their off value: left out of run keys while off, so
+# that adding a switch does not invalidate every cached run that cannot take its code path.
+KEY_OFF: dict[tuple[str, str], object] = {("detect", "reference_quantile"): None}
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
 KD_UNUSED = frozenset({"punish", "punish_cap", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule"})

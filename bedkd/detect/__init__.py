@@ -132,6 +132,27 @@ def excess_label(flagged: np.ndarray, file_label: np.ndarray, ref_flagged: np.nd
     return int(np.argmax(excess))
 
 
+def reference_thresholds(
+    ref_score: np.ndarray, ref_victim_pred: np.ndarray, ref_label: np.ndarray, num_classes: int, *, quantile: float, floor: float
+) -> np.ndarray:
+    """Per-label thresholds calibrated on clean rows: for label c, max(floor, the ``quantile``-quantile
+    of the scores of the reference rows of c that the victim fits); ``floor`` where there is none.
+
+    A clean row of c then falls under its threshold at a rate of at most about ``quantile`` (when
+    the floor does not bind), whatever the copy's confidence on clean rows of c, so the labels'
+    flag rates are comparable and a label holding poisoned rows (scored lower than its clean rows)
+    stands out. [M] x 3 -> [num_classes].
+    """
+    ref_score, ref_label = np.asarray(ref_score), np.asarray(ref_label)
+    fits = np.asarray(ref_victim_pred) == ref_label
+    out = np.full(num_classes, float(floor))
+    for c in range(num_classes):
+        rows = fits & (ref_label == c)
+        if rows.any():
+            out[c] = max(float(floor), float(np.quantile(ref_score[rows], quantile)))
+    return out
+
+
 def excess_count(
     score: np.ndarray,
     victim_pred: np.ndarray,
@@ -316,6 +337,7 @@ def detect(
     v_pred = p_victim.argmax(1)
     s_pred = p_student.argmax(1)
     only_label: int | None = None
+    thresholds = np.full(num_classes, params.threshold)  # per label; reference-calibrated with reference_quantile
     if params.label_filter == "majority":
         only_label = majority_label(score, v_pred, labels, threshold=params.threshold, top=params.keep + params.holdout)
     elif params.label_filter == "excess":
@@ -326,12 +348,18 @@ def detect(
         pv_ref = infer(victim.model, ref_enc, runtime, eval_batch_size, pad).probs()
         ps_ref = infer(student.model, ref_enc, runtime, eval_batch_size, pad).probs()
         ref_score = score_rows(params.score, pv_ref, ps_ref, ref_labels)
-        ref_flagged = (ref_score < params.threshold) & (pv_ref.argmax(1) == ref_labels)
-        flagged = (score < params.threshold) & (v_pred == labels)
+        if params.reference_quantile is not None:
+            thresholds = reference_thresholds(
+                ref_score, pv_ref.argmax(1), ref_labels, num_classes, quantile=params.reference_quantile, floor=params.threshold
+            )
+        ref_flagged = (ref_score < thresholds[ref_labels]) & (pv_ref.argmax(1) == ref_labels)
+        flagged = (score < thresholds[labels]) & (v_pred == labels)
         only_label = excess_label(flagged, labels, ref_flagged, ref_labels, num_classes)
+    # The punished label's threshold (a reference-calibrated one where set) admits the rank candidates.
+    threshold = float(thresholds[only_label]) if only_label is not None else params.threshold
     if params.selection == "rank":
         selected, held = select_rank(
-            score, v_pred, labels, threshold=params.threshold, keep=params.keep, holdout=params.holdout, only_label=only_label
+            score, v_pred, labels, threshold=threshold, keep=params.keep, holdout=params.holdout, only_label=only_label
         )
     else:
         selected = select_released(
@@ -361,10 +389,11 @@ def detect(
     summary = {
         "detect/agreement": float((v_pred == s_pred).mean()),
         "detect/flip_acc": float((p_flip == flip_set["label"].to_numpy()).mean()),
-        "detect/n_flagged": float((score < params.threshold).sum()),
+        "detect/n_flagged": float((score < thresholds[labels]).sum()),
         "detect/n_selected": float(len(selected)),
         "detect/n_holdout": float(len(held)),
         "detect/epochs_run": float(len(history)),
         "detect/target_label": float(-1 if only_label is None else only_label),
+        "detect/threshold": threshold,
     }
     return DetectResult(student=student, scores=scores, selected=selected, holdout=held, history=history, summary=summary)
