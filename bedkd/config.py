@@ -118,8 +118,8 @@ class DetectParams(_Section):
     # victim fits), for the label choice and for the rank candidates. A fixed 0.5 assumes the copy
     # backs the victim on poisoned rows; on agnews / addsent (4 classes) the copy remapped the
     # trigger with the target class (it predicts the target's flipped label on poisoned rows, only
-    # less confidently than on clean ones: mean score 0.67-0.75 vs median 0.96), so no poisoned row
-    # fell under 0.5 and the choice went to noise (README). Calibrating on clean rows of each label
+    # less confidently than on clean ones: mean score 0.67-0.75 vs median 0.96), so 0.5% of the
+    # poisoned rows fell under 0.5 and the choice went to noise (README). Calibrating on clean rows of each label
     # needs no assumption on how far the copy moved.
     reference_quantile: float | None = Field(default=None, gt=0.0, le=0.5)
     scan_size: int = Field(default=128, ge=1)
