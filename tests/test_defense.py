@@ -345,7 +345,7 @@ def test_detect_with_reference_quantile_ranks_one_label_under_its_calibrated_thr
     # the candidates are every fitted row of the label under the calibrated threshold, most suspicious first
     cand = sc[(sc["label"] == target) & (sc["victim_pred"] == target) & (sc["score"] < thr)]
     assert len(res.selected) == min(6, len(cand)) and np.all(np.diff(sc["score"].to_numpy()[res.selected]) >= 0)
-    # off, the fixed threshold: nothing this model scores is under 0.05 unless the copy backs the victim fully
+    # off: the punished label's threshold is the fixed one
     plain = detect(victim, train, flip, params.model_copy(update={"reference_quantile": None}), rt, seed=0, max_length=16, reference=ref)
     assert plain.summary["detect/threshold"] == 0.05
 
