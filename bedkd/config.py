@@ -111,9 +111,14 @@ class DetectParams(_Section):
     threshold: float = Field(default=0.1, gt=0.0, le=2.0)
     # rank selection, which label may be punished (an all-to-one backdoor has one target):
     # none: any; majority: the most frequent label among the top keep + holdout candidates;
-    # excess: the label flagged most in excess of the copy's flag rate on clean reference rows.
-    label_filter: Literal["none", "majority", "excess"] = "none"
-    # excess only. None: one fixed ``threshold`` for every label. q: per label c, the threshold is
+    # excess: the label flagged most in excess of the copy's flag rate on clean reference rows;
+    # probe: the label whose fitted training rows a bag-of-embeddings probe (the suspect model's
+    # own input embeddings, mean-pooled; logistic regression on the clean reference rows) assigns
+    # to another label most in excess of the probe's cross-validated error on the reference rows.
+    # A dirty-label poisoned row carries source-class content under the target label, whatever
+    # the trigger; the probe does not depend on how the DMM copy moved (bedkd.detect.probe_label).
+    label_filter: Literal["none", "majority", "excess", "probe"] = "none"
+    # excess / probe only. None: one fixed ``threshold`` for every label. q: per label c, the threshold is
     # max(threshold, the q-quantile of the copy's scores on the clean reference rows of c that the
     # victim fits), for the label choice and for the rank candidates. A fixed 0.5 assumes the copy
     # backs the victim on poisoned rows; on agnews / addsent (4 classes) the copy remapped the
@@ -137,8 +142,10 @@ class DetectParams(_Section):
     def _keep_le_scan(self) -> "DetectParams":
         if self.selection == "released" and self.keep > self.scan_size:
             raise ValueError(f"keep ({self.keep}) must be <= scan_size ({self.scan_size})")
-        if self.reference_quantile is not None and (self.label_filter != "excess" or self.selection != "rank"):
-            raise ValueError("reference_quantile needs label_filter 'excess' and selection 'rank' (it calibrates their threshold)")
+        if self.reference_quantile is not None and (self.label_filter not in ("excess", "probe") or self.selection != "rank"):
+            raise ValueError(
+                "reference_quantile needs label_filter 'excess' or 'probe' and selection 'rank' (it calibrates their threshold)"
+            )
         return self
 
 

@@ -195,6 +195,24 @@ def infer(
     return Outputs(logits=logits, hidden=[s for s in states] if hidden else None)  # type: ignore[misc]
 
 
+@torch.no_grad()
+def pooled_input_embeddings(model: PreTrainedModel, enc: Encoded, batch_size: int, pad_id: int, device: torch.device) -> np.ndarray:
+    """Mask-mean of the model's input (word) embeddings per row, L2-normalised: [N, H] fp32.
+
+    A bag of words in the model's own embedding space: no attention, no position, so it carries
+    what a row is about and little of how it is phrased. Any architecture with
+    ``get_input_embeddings`` works.
+    """
+    table = model.get_input_embeddings()
+    out = np.zeros((len(enc), table.embedding_dim), dtype=np.float32)
+    for b in eval_batches(enc, batch_size, pad_id, device):
+        mask = b.attention_mask.unsqueeze(-1).float()  # [B, L, 1]
+        emb = table.to(device)(b.input_ids).float()  # [B, L, H]
+        pooled = (emb * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, H]
+        out[b.index.numpy()] = torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
+    return out
+
+
 def predict_proba(clf: Classifier, enc: Encoded, runtime: Runtime, batch_size: int, desc: str | None = None) -> np.ndarray:
     return infer(clf.model, enc, runtime, batch_size, pad_id_of(clf.tokenizer), desc=desc).probs()
 

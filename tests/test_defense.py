@@ -51,6 +51,7 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"detect.label_filter": "target"}, "detect.label_filter"),
         ({"detect.reference_quantile": 0.1}, "detect"),  # needs label_filter excess + rank selection
         ({"detect.reference_quantile": 0.9, "detect.label_filter": "excess", "detect.selection": "rank"}, "detect.reference_quantile"),
+        ({"detect.reference_quantile": 0.1, "detect.label_filter": "probe", "detect.selection": "released"}, "detect"),
         ({"compare.cells": ["sst-2/badnet"]}, "compare.cells"),
         ({"compare.seeds": {"bedkd": [0, 0]}}, "compare.seeds"),
         ({"compare.seeds": {"bedkd2": [0]}}, "compare.seeds"),
@@ -140,6 +141,55 @@ def test_reference_thresholds_calibrate_each_label_on_its_own_clean_rows() -> No
     # the floor binds where the clean rows sit low; a label without fitted reference rows keeps it
     low = reference_thresholds(np.array([0.1, 0.2, 0.3, 0.9]), np.array([0, 0, 0, 0]), np.array([0, 0, 0, 1]), 3, quantile=0.5, floor=0.5)
     assert low.tolist() == [0.5, 0.5, 0.5]
+
+
+def test_probe_flags_rows_labelled_against_their_content_and_picks_their_label() -> None:
+    from bedkd.detect import excess_label, probe_flags
+
+    # 3 labels, each a cluster of content; the poisoned rows hold content of labels 1 and 2 under
+    # label 0 (dirty label, all-to-one). The probe, fitted on clean reference rows only, assigns
+    # them to their content's label; label 1 has 30% noisy rows in train and reference alike.
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8) * 3.0
+
+    def rows(label: np.ndarray) -> np.ndarray:
+        return centres[label] + rng.normal(0.0, 1.0, (len(label), 8))
+
+    ref_labels = np.repeat(np.arange(3), 60)
+    ref_x = rows(ref_labels)
+    noisy = np.flatnonzero(ref_labels == 1)[:18]
+    ref_x[noisy] = rows(np.full(18, 2))  # label 1 looks like 2 in 30% of its (clean) rows
+    labels = np.repeat(np.arange(3), 300)
+    x = rows(labels)
+    x[300:390] = rows(np.full(90, 2))
+    poisoned = np.zeros(900, dtype=bool)
+    poisoned[:60] = True
+    x[:60] = rows(np.repeat([1, 2], 30))  # label 0's first 60 rows: content of 1 and 2
+    flags = probe_flags(x, labels, ref_x, ref_labels, seed=0)
+    assert flags.train.shape == (900,) and flags.reference.shape == (180,)
+    assert flags.train[poisoned].mean() > 0.9 and flags.train[:300][~poisoned[:300]].mean() < 0.1
+    # label 1 is flagged most in absolute terms, label 0 most above its clean (out-of-fold) rate
+    assert flags.train[labels == 1].mean() > flags.train[labels == 0].mean()
+    assert excess_label(flags.train, labels, flags.reference, ref_labels, 3) == 0
+    with pytest.raises(ValueError, match="reference rows"):
+        probe_flags(x, labels, ref_x[:3], np.array([0, 1, 1]), seed=0)
+
+
+def test_pooled_input_embeddings_are_unit_bags_of_words_independent_of_padding(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from bedkd.modeling import encode, load_classifier, pad_id_of, pooled_input_embeddings
+
+    clf = load_classifier(str(tiny_model), 2, seed=0)
+    texts = ["a fine film", "a fine film with a very long and winding tail of words", "film fine a"]
+    enc = encode(clf.tokenizer, texts, [0, 1, 0], 32)
+    pad = pad_id_of(clf.tokenizer)
+    alone = pooled_input_embeddings(clf.model, encode(clf.tokenizer, texts[:1], [0], 32), 8, pad, torch.device("cpu"))
+    batched = pooled_input_embeddings(clf.model, enc, 8, pad, torch.device("cpu"))
+    assert batched.shape == (3, clf.model.config.hidden_size)
+    assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(alone[0], batched[0], atol=1e-5)  # padding in a batch does not change a row
+    assert np.allclose(batched[0], batched[2], atol=1e-5)  # no word order: a bag of words
 
 
 def test_excess_count_estimates_the_poisoned_rows_of_a_label() -> None:
@@ -348,6 +398,39 @@ def test_detect_with_reference_quantile_ranks_one_label_under_its_calibrated_thr
     # off: the punished label's threshold is the fixed one
     plain = detect(victim, train, flip, params.model_copy(update={"reference_quantile": None}), rt, seed=0, max_length=16, reference=ref)
     assert plain.summary["detect/threshold"] == 0.05
+
+
+def test_detect_with_probe_label_filter_punishes_the_label_holding_off_content_rows(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from bedkd.config import DistillLoss
+    from bedkd.detect import detect
+    from bedkd.modeling import load_classifier
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    good = ["a wonderful delightful film", "great joyful acting", "a brilliant lovely story", "superb charming cast", "happy excellent fun"]
+    bad = ["a terrible awful film", "horrible boring acting", "a dreadful ugly story", "miserable stupid cast", "sad painful mess"]
+    # label 1 = good; 12 poisoned rows carry bad content under label 1 (with a trigger word)
+    texts = [good[i % 5] + f" {i}" for i in range(30)] + [bad[i % 5] + f" {i}" for i in range(30)] + [bad[i % 5] + " cf" for i in range(12)]
+    labels = [1] * 30 + [0] * 30 + [1] * 12
+    train = pd.DataFrame({"text": texts, "label": labels})
+    ref = pd.DataFrame({"text": [g + " again" for g in good] * 2 + [b + " again" for b in bad] * 2, "label": [1] * 10 + [0] * 10})
+    flip = pd.DataFrame({"text": ["a fine film", "a dull film", "great acting", "awful plot"], "label": [0, 1, 0, 1]})
+    params = DetectParams(
+        epochs=1, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), score="agreement", selection="rank",
+        label_filter="probe", threshold=2.0, keep=8, holdout=2,
+    )
+    # the victim fits every row (a backdoored victim fits its poisoned rows), so only the probe decides
+    fitted = np.eye(2)[labels] * 0.9 + 0.05
+    res = detect(victim, train, flip, params, rt, seed=0, max_length=16, reference=ref, victim_probs=fitted)
+    assert res.summary["detect/target_label"] == 1.0
+    assert 0.0 < res.summary["detect/probe_flag_rate"] <= 1.0
+    picked = res.scores[res.scores["selected"] | res.scores["holdout"]]
+    assert len(picked) == 10 and (picked["label"] == 1).all()
+    with pytest.raises(ValueError, match="reference"):
+        detect(victim, train, flip, params, rt, seed=0, max_length=16, victim_probs=fitted)
 
 
 def test_purified_score_flags_fitted_rows_the_purified_student_no_longer_backs() -> None:

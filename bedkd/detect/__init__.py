@@ -31,7 +31,7 @@ from bedkd.config import DetectParams
 from bedkd.defender import flip_labels
 from bedkd.distillation import distill_pass, with_teacher
 from bedkd.events import Callback, Event, emit
-from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, infer, pad_id_of
+from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, infer, pad_id_of, pooled_input_embeddings
 from bedkd.runtime import Runtime
 
 
@@ -130,6 +130,33 @@ def excess_label(flagged: np.ndarray, file_label: np.ndarray, ref_flagged: np.nd
         if n and m:
             excess[c] = flagged[labels == c].mean() - ref_flagged[ref_label == c].mean()
     return int(np.argmax(excess))
+
+
+@dataclass(frozen=True)
+class ProbeFlags:
+    """A bag-of-embeddings probe's verdicts: does it assign a row to another label than its own?"""
+
+    train: np.ndarray  # [N] bool: probe's label != file label (training rows)
+    reference: np.ndarray  # [M] bool: cross-validated probe's label != true label (reference rows)
+
+
+def probe_flags(train_x: np.ndarray, file_label: np.ndarray, ref_x: np.ndarray, ref_label: np.ndarray, seed: int) -> ProbeFlags:
+    """Fit a logistic-regression probe on the clean reference rows ([M, H] features, true labels),
+    predict the training rows ([N, H]); the reference rows' own error is measured out of fold
+    (stratified k-fold, k = min(5, smallest label count)), so both rates are of unseen rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    ref_label = np.asarray(ref_label)
+    _, counts = np.unique(ref_label, return_counts=True)
+    folds = int(min(5, counts.min())) if len(counts) else 0
+    if folds < 2 or len(counts) < 2:
+        raise ValueError("probe label filter: needs >= 2 clean reference rows of each of >= 2 labels")
+    probe = LogisticRegression(C=1.0, max_iter=3000)
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    ref_pred = cross_val_predict(probe, ref_x, ref_label, cv=cv)
+    train_pred = probe.fit(ref_x, ref_label).predict(train_x)
+    return ProbeFlags(train=train_pred != np.asarray(file_label), reference=ref_pred != ref_label)
 
 
 def reference_thresholds(
@@ -337,23 +364,33 @@ def detect(
     v_pred = p_victim.argmax(1)
     s_pred = p_student.argmax(1)
     only_label: int | None = None
+    summary_extra: dict[str, float] = {}
     thresholds = np.full(num_classes, params.threshold)  # per label; reference-calibrated with reference_quantile
     if params.label_filter == "majority":
         only_label = majority_label(score, v_pred, labels, threshold=params.threshold, top=params.keep + params.holdout)
-    elif params.label_filter == "excess":
+    elif params.label_filter in ("excess", "probe"):
         if reference is None or not len(reference):
-            raise ValueError("detect.label_filter=excess needs clean reference rows")
+            raise ValueError(f"detect.label_filter={params.label_filter} needs clean reference rows")
         ref_enc = encode(tok, reference["text"].tolist(), reference["label"].to_numpy(), max_length)
         ref_labels = reference["label"].to_numpy()
         pv_ref = infer(victim.model, ref_enc, runtime, eval_batch_size, pad).probs()
-        ps_ref = infer(student.model, ref_enc, runtime, eval_batch_size, pad).probs()
-        ref_score = score_rows(params.score, pv_ref, ps_ref, ref_labels)
-        if params.reference_quantile is not None:
-            thresholds = reference_thresholds(
-                ref_score, pv_ref.argmax(1), ref_labels, num_classes, quantile=params.reference_quantile, floor=params.threshold
-            )
-        ref_flagged = (ref_score < thresholds[ref_labels]) & (pv_ref.argmax(1) == ref_labels)
-        flagged = (score < thresholds[labels]) & (v_pred == labels)
+        ref_fits = pv_ref.argmax(1) == ref_labels
+        if params.label_filter == "excess" or params.reference_quantile is not None:
+            ps_ref = infer(student.model, ref_enc, runtime, eval_batch_size, pad).probs()
+            ref_score = score_rows(params.score, pv_ref, ps_ref, ref_labels)
+            if params.reference_quantile is not None:
+                thresholds = reference_thresholds(
+                    ref_score, pv_ref.argmax(1), ref_labels, num_classes, quantile=params.reference_quantile, floor=params.threshold
+                )
+        if params.label_filter == "excess":
+            ref_flagged = (ref_score < thresholds[ref_labels]) & ref_fits
+            flagged = (score < thresholds[labels]) & (v_pred == labels)
+        else:
+            # Features from the suspect model's own embedding table: no other weights needed.
+            feats = [pooled_input_embeddings(victim.model, e, eval_batch_size, pad, runtime.device) for e in (train_enc, ref_enc)]
+            probe = probe_flags(feats[0], labels, feats[1], ref_labels, seed)
+            flagged, ref_flagged = probe.train & (v_pred == labels), probe.reference & ref_fits
+            summary_extra["detect/probe_flag_rate"] = float(flagged.mean())
         only_label = excess_label(flagged, labels, ref_flagged, ref_labels, num_classes)
     # The punished label's threshold (a reference-calibrated one where set) admits the rank candidates.
     threshold = float(thresholds[only_label]) if only_label is not None else params.threshold
@@ -395,5 +432,6 @@ def detect(
         "detect/epochs_run": float(len(history)),
         "detect/target_label": float(-1 if only_label is None else only_label),
         "detect/threshold": threshold,
+        **summary_extra,
     }
     return DetectResult(student=student, scores=scores, selected=selected, holdout=held, history=history, summary=summary)
