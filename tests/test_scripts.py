@@ -31,3 +31,22 @@ def test_detector_signals_grades_every_signal_on_a_tiny_cell(tmp_path: Path, tin
             assert 0.0 <= auc <= 1.0, (key, signal, auc)
             fit = rec[key][signal]["fit_target"]
             assert math.isnan(fit) or 0.0 <= fit <= 1.0
+
+
+def test_probe_label_choice_records_each_seeds_choice_on_a_tiny_cell(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(tiny_params(tiny_model))
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "BEDKD_DATA_DIR": str(data_dir), "BEDKD_CACHE_DIR": str(tmp_path / "cache"), "BEDKD_PROGRESS": "false"}
+    cmd = [sys.executable, "scripts/probe_label_choice.py", "--params", str(params), "--cell", "sst-2/badnets", "--seeds", "0,1", "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    recs = json.loads(out.read_text())
+    assert [r["seed"] for r in recs] == [0, 1]
+    for r in recs:
+        assert r["choice"] in (0, 1) and [x["label"] for x in r["per_label"]] == [0, 1]
+        # the choice is the label with the largest excess of flagged training rows over reference rows
+        assert r["choice"] == max(r["per_label"], key=lambda x: x["excess"])["label"]
+        for x in r["per_label"]:
+            assert 0.0 <= x["train_rate"] <= 1.0 and 0.0 <= x["ref_rate"] <= 1.0
+            assert math.isclose(x["excess"], x["train_rate"] - x["ref_rate"], abs_tol=2e-4)
+        assert 0.0 <= r["probe_auroc_all"] <= 1.0
