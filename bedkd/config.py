@@ -116,11 +116,11 @@ class DetectParams(_Section):
     # own input embeddings, mean-pooled; logistic regression on the clean reference rows) assigns
     # to another label most in excess of the probe's cross-validated error on the reference rows.
     # A dirty-label poisoned row carries source-class content under the target label, whatever
-    # the trigger; the probe does not depend on how the DMM copy moved (bedkd.detect.probe_label).
+    # the trigger; the probe does not depend on how the DMM copy moved (bedkd.detect.probe_flags).
     label_filter: Literal["none", "majority", "excess", "probe"] = "none"
-    # excess / probe only. None: one fixed ``threshold`` for every label. q: per label c, the threshold is
-    # max(threshold, the q-quantile of the copy's scores on the clean reference rows of c that the
-    # victim fits), for the label choice and for the rank candidates. A fixed 0.5 assumes the copy
+    # excess / probe only. None: one fixed ``threshold`` for every label. q: per label c, the
+    # threshold is max(threshold, the q-quantile of the copy's scores on the clean reference rows of
+    # c that the victim fits), for the rank candidates and (excess) for the label choice. A fixed 0.5 assumes the copy
     # backs the victim on poisoned rows; on agnews / addsent (4 classes) the copy remapped the
     # trigger with the target class (it predicts the target's flipped label on poisoned rows, only
     # less confidently than on clean ones: mean score 0.67-0.75 vs median 0.96), so 0.5% of the

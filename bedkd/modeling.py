@@ -203,11 +203,11 @@ def pooled_input_embeddings(model: PreTrainedModel, enc: Encoded, batch_size: in
     what a row is about and little of how it is phrased. Any architecture with
     ``get_input_embeddings`` works.
     """
-    table = model.get_input_embeddings()
+    table = model.get_input_embeddings().to(device)
     out = np.zeros((len(enc), table.embedding_dim), dtype=np.float32)
     for b in eval_batches(enc, batch_size, pad_id, device):
         mask = b.attention_mask.unsqueeze(-1).float()  # [B, L, 1]
-        emb = table.to(device)(b.input_ids).float()  # [B, L, H]
+        emb = table(b.input_ids).float()  # [B, L, H]
         pooled = (emb * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # [B, H]
         out[b.index.numpy()] = torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
     return out

@@ -13,14 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bedkd import cli
-from bedkd.compare import RunRecord, aggregate, render_markdown, run_grid
+from bedkd.compare import RunRecord, aggregate, cell_victim, render_markdown, run_grid
 from bedkd.config import Params, load_params
 from bedkd.io import write_json, write_text_atomic
 from bedkd.modeling import Classifier
 from bedkd.runtime import resolve_runtime
 from bedkd.settings import get_settings
 from bedkd.tracking import base_tags, git_commit, nested_run, project_root
-from bedkd.tune import Data, TuneContext
 
 log = logging.getLogger("bedkd.compare")
 
@@ -39,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     commit = git_commit()
 
     def victim_for(cp: Params, folder: Path) -> Classifier:
-        # Victims are shared with the tuner's cache (same key: seed, data, poison, model, train_victim).
-        ctx = TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, cache)
-        return ctx.victim(cp)
+        return cell_victim(cp, folder, runtime, cache)
 
     def on_record(r: RunRecord) -> None:
         log.info(

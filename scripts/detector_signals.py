@@ -29,7 +29,7 @@ from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel, PreTrainedModel
 
-from bedkd.compare import cell_params, defense_params, load_cell
+from bedkd.compare import cell_params, cell_victim, defense_params, load_cell
 from bedkd.compare.cells import materialise_cell
 from bedkd.config import load_params
 from bedkd.defender import defender_pools, flipped_set
@@ -38,7 +38,6 @@ from bedkd.metrics import detection_metrics
 from bedkd.modeling import Encoded, encode, eval_batches, infer, pad_id_of, resolve_backbone
 from bedkd.runtime import Runtime, resolve_runtime
 from bedkd.settings import get_settings
-from bedkd.tune import Data, TuneContext
 
 
 def pooled_states(model: PreTrainedModel, enc: Encoded, pad_id: int, runtime: Runtime) -> np.ndarray:
@@ -74,7 +73,7 @@ def main() -> None:
     cp = cell_params(load_params(args.params), args.cell)
     cache = settings.cache_dir.resolve()
     folder = materialise_cell(cp, settings.data_dir, cache / "cells")
-    victim = TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, cache).victim(cp)
+    victim = cell_victim(cp, folder, runtime, cache)
     cell = load_cell(cp, folder, victim, runtime)
     # Binary or not, the target label is the one the harness grades ASR against.
     labels = cell.train["label"].to_numpy()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bedkd.compare import cell_params, defense_params
+from bedkd.compare import cell_params, cell_victim, defense_params
 from bedkd.compare.cells import materialise_cell
 from bedkd.config import load_params
 from bedkd.defender import defender_pools
@@ -31,7 +31,6 @@ from bedkd.metrics import detection_metrics
 from bedkd.modeling import encode, infer, pad_id_of, pooled_input_embeddings
 from bedkd.runtime import resolve_runtime
 from bedkd.settings import get_settings
-from bedkd.tune import Data, TuneContext
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
     cp = cell_params(load_params(args.params), args.cell)
     cache = settings.cache_dir.resolve()
     folder = materialise_cell(cp, settings.data_dir, cache / "cells")
-    victim = TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, cache).victim(cp)
+    victim = cell_victim(cp, folder, runtime, cache)
     poisoned = read_records(folder / "poisoned" / "train.parquet", required=("text", "label", "is_poisoned"))
     is_poisoned = poisoned["is_poisoned"].to_numpy().astype(bool)
     train = drop_ground_truth(poisoned)

@@ -40,7 +40,7 @@ from bedkd.metrics import detection_metrics
 from bedkd.modeling import Classifier, clone_classifier, encode, infer, load_classifier, pad_id_of, save_classifier
 from bedkd.runtime import Runtime
 from bedkd.train_victim import fit_classifier, train_classifier
-from bedkd.tune import victim_key
+from bedkd.tune import Data, TuneContext, victim_key
 
 # Keys of a reports/comparison.json row, in the issue's order (JSON is written with sorted keys).
 ROW_KEYS = (
@@ -152,6 +152,12 @@ class Cell:
     victim_cacc: float
     victim_asr: float
     victim_train_probs: np.ndarray  # [N, k] on ``train``
+
+
+def cell_victim(params: Params, folder: Path, runtime: Runtime, cache_dir: Path) -> Classifier:
+    """Train or load the victim of a materialised cell through the tuner's victim cache (same key:
+    seed, data, poison, model, train_victim): the harness, the tuner and the research scripts share it."""
+    return TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, cache_dir).victim(params)
 
 
 def load_cell(params: Params, folder: Path, victim: Classifier, runtime: Runtime) -> Cell:
