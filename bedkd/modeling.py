@@ -59,7 +59,10 @@ def load_classifier(
     if local and not (Path(name_or_path) / "config.json").is_file():
         raise BedkdError(f"{Path(name_or_path) / 'config.json'}: model folder missing or incomplete")
     src = resolve_backbone(name_or_path)
-    kwargs: dict[str, object] = {"use_safetensors": True, "trust_remote_code": False}
+    # Parameters in fp32 whatever the checkpoint stores (transformers 5 loads dtype="auto"): a
+    # bf16/fp16 checkpoint trained in its own dtype loses AdamW updates to rounding; autocast
+    # (bedkd.runtime) still runs the matmuls in bf16 where the hardware has it.
+    kwargs: dict[str, object] = {"use_safetensors": True, "trust_remote_code": False, "dtype": torch.float32}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     if label_names is not None:

@@ -509,3 +509,22 @@ def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) 
     assert len(rx.selected) == max(1, min(rx.estimate, 5))
     with pytest.raises(ValueError, match="redetect_keep=excess needs"):
         purify(params=dist_x, **{**common, "only_label": None})  # type: ignore[arg-type]
+
+
+def test_half_precision_checkpoints_load_with_fp32_parameters(tiny_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A checkpoint stored in fp16 (a user's export, or a backbone rounded to fit a transfer) trains
+    with fp32 parameters: transformers 5 would otherwise keep the checkpoint's dtype."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from bedkd.modeling import load_classifier
+
+    AutoModel.from_pretrained(tiny_model, dtype=torch.float16).save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    half = load_classifier(str(tmp_path), 2, seed=0)
+    full = load_classifier(str(tiny_model), 2, seed=0)
+    assert {p.dtype for p in half.model.parameters()} == {torch.float32}
+    w_half = half.model.get_input_embeddings().weight
+    w_full = full.model.get_input_embeddings().weight
+    assert not torch.equal(w_half, w_full)  # rounded through fp16 ...
+    torch.testing.assert_close(w_half, w_full, rtol=1e-3, atol=1e-4)  # ... by at most fp16's step
