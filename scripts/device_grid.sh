@@ -12,18 +12,20 @@
 #   records.tgz                            every run record (restore into .cache/bedkd/compare)
 #   log.txt                                versions, timings, one line per finished run
 #
-# Usage on the device machine, from the repository root:  OUT=... scripts/device_grid.sh
+# Usage on the device machine, from the repository root:  OUT=... BUDGET_S=520 scripts/device_grid.sh
+# (PYTHON, PAYLOAD, WORK override the interpreter, the payload folder and the scratch folder).
 set -uo pipefail
 
 : "${OUT:?set OUT to the folder that comes back}"
 PAYLOAD=${PAYLOAD:-.device}
+PYTHON=${PYTHON:-python3}  # the GPU image's python3 holds torch
 BUDGET_S=${BUDGET_S:-530}
 START=$(date +%s)
 exec > >(tee "$OUT/log.txt") 2>&1
 
 # The GPU image has torch/transformers/sklearn/pandas but not the pydantic stack.
-if ! python3 -c "import pydantic_settings" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$PAYLOAD"/whl/*.whl || exit 1
+if ! "$PYTHON" -c "import pydantic_settings" 2>/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$PAYLOAD"/whl/*.whl || exit 1
 fi
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 WORK=${WORK:-/tmp/device-grid}
@@ -31,7 +33,7 @@ mkdir -p "$WORK" && tar -C "$WORK" -xJf "$PAYLOAD/data.tar.xz" || exit 1
 export BEDKD_DATA_DIR="$WORK/data" BEDKD_CACHE_DIR="$WORK/cache" BEDKD_TRACKING=false BEDKD_PROGRESS=false
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 
-python3 - <<'EOF' || exit 1
+"$PYTHON" - <<'EOF' || exit 1
 import numpy, pandas, pydantic, sklearn, torch, transformers
 print("versions: torch", torch.__version__, "transformers", transformers.__version__, "pandas", pandas.__version__,
       "numpy", numpy.__version__, "sklearn", sklearn.__version__, "pydantic", pydantic.__version__)
@@ -43,7 +45,7 @@ EOF
 
 # One params file per phase: params.yaml with the carried backbone and the phase's cells/seeds.
 mkdir -p "$WORK/params"
-python3 - "$PAYLOAD" "$WORK/params" <<'EOF' || exit 1
+"$PYTHON" - "$PAYLOAD" "$WORK/params" <<'EOF' || exit 1
 import sys
 from pathlib import Path
 
@@ -78,14 +80,14 @@ for phase in 1-agnews-bedkd 2-agnews-probe 3-agnews-baselines 4-rest 5-seeds; do
     budget=$(left)
     if [ "$budget" -le 20 ]; then echo "phase $phase: skipped, budget spent"; continue; fi
     echo "phase $phase: start at +$(( $(date +%s) - START )) s, $budget s left"
-    timeout --signal=TERM "$budget" python3 -m pipelines.compare --params "$WORK/params/$phase.yaml" \
+    timeout --signal=TERM "$budget" "$PYTHON" -m pipelines.compare --params "$WORK/params/$phase.yaml" \
         --out "$WORK/$phase.json" --runs "$WORK/$phase-runs.json" --table "$WORK/$phase.md"
     echo "phase $phase: rc $? at +$(( $(date +%s) - START )) s"
 done
 
-python3 -m pipelines.compare --params "$WORK/params/grid.yaml" --cached-only \
+"$PYTHON" -m pipelines.compare --params "$WORK/params/grid.yaml" --cached-only \
     --out "$OUT/comparison.json" --runs "$OUT/runs.json" --table "$OUT/comparison.md"
-python3 -m pipelines.compare --params "$WORK/params/probe.yaml" --cached-only \
+"$PYTHON" -m pipelines.compare --params "$WORK/params/probe.yaml" --cached-only \
     --out "$OUT/probe-comparison.json" --runs "$OUT/probe-runs.json" --table "$OUT/probe-comparison.md"
 mkdir -p "$BEDKD_CACHE_DIR/compare"
 tar -C "$BEDKD_CACHE_DIR" -czf "$OUT/records.tgz" compare

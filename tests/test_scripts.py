@@ -50,3 +50,31 @@ def test_probe_label_choice_records_each_seeds_choice_on_a_tiny_cell(tmp_path: P
             assert 0.0 <= x["train_rate"] <= 1.0 and 0.0 <= x["ref_rate"] <= 1.0
             assert math.isclose(x["excess"], x["train_rate"] - x["ref_rate"], abs_tol=2e-4)
         assert 0.0 <= r["probe_auroc_all"] <= 1.0
+
+
+def test_device_grid_tabulates_what_finished_when_its_budget_is_spent(tmp_path: Path) -> None:
+    """scripts/device_grid.sh with no budget left: every phase is skipped, and the tables, the
+    list of missing runs and the records archive are still written (what a cut-off GPU call
+    brings back). The phase params files are valid params (the --cached-only runs load them)."""
+    import yaml
+
+    payload = tmp_path / "payload"
+    (payload / "whl").mkdir(parents=True)
+    (tmp_path / "data").mkdir()  # no phase runs, so an empty corpus archive will do
+    subprocess.run(["tar", "-C", str(tmp_path), "-cJf", str(payload / "data.tar.xz"), "data"], check=True)
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "PAYLOAD": str(payload), "WORK": str(work), "BUDGET_S": "0", "PYTHON": sys.executable,
+           "BEDKD_PROGRESS": "false"}
+    subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    assert json.loads((out / "comparison.json").read_text()) == []
+    assert json.loads((out / "probe-runs.json").read_text()) == []
+    assert (out / "records.tgz").stat().st_size > 0
+    log = (out / "log.txt").read_text()
+    assert "phase 1-agnews-bedkd: skipped, budget spent" in log
+    assert "not run (left out of the table): agnews/addsent bedkd seed 2" in log
+    assert "not run (left out of the table): sst-2/badnets released seed 2" in log
+    probe = yaml.safe_load((work / "params" / "probe.yaml").read_text())
+    assert probe["detect"]["label_filter"] == "probe" and probe["detect"]["reference_quantile"] == 0.1
+    assert probe["model"]["backbone"] == f"{payload}/all-MiniLM-L6-v2-fp16"
+    assert probe["compare"]["cells"] == ["agnews/addsent"]
