@@ -3,13 +3,15 @@
 #
 # The machine is bare and offline, so everything it lacks travels in one payload folder
 # (PAYLOAD, made by scripts/device_payload.sh): cp312 wheels of the pydantic stack, the corpora as
-# data.tar.xz, and the backbone. Phases run most-wanted first, each under what is left of
+# data.tar.xz, the backbone and, when there is one, the last call's records.tgz (the grid resumes
+# from it). Phases run most-wanted first, each under what is left of
 # BUDGET_S; every finished run is cached as JSON the moment it ends, so a phase cut off by the
 # budget loses only the run in flight. Whatever finished is then tabulated with --cached-only
 # (the missing runs are listed in the log) and written under OUT:
 #   comparison.{json,md}, runs.json        the default params.yaml grid
 #   probe-comparison.{json,md}, probe-runs.json   agnews/addsent with detect.label_filter probe
-#   records.tgz                            every run record (restore into .cache/bedkd/compare)
+#   records.tgz                            every finished run's cache file (commit it as
+#                                          reports/compare/gpu-h100/records.tgz: the next call resumes)
 #   log.txt                                versions, timings, one line per finished run
 #
 # Usage on the device machine, from the repository root:  OUT=... BUDGET_S=520 scripts/device_grid.sh
@@ -31,6 +33,12 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 WORK=${WORK:-/tmp/device-grid}
 mkdir -p "$WORK" && tar -C "$WORK" -xJf "$PAYLOAD/data.tar.xz" || exit 1
 export BEDKD_DATA_DIR="$WORK/data" BEDKD_CACHE_DIR="$WORK/cache" BEDKD_TRACKING=false BEDKD_PROGRESS=false
+# Runs an earlier call finished (its records.tgz, the exact cache files: run keys included) are
+# not run again: each call extends the grid (the victims are retrained, ~50 s per cell on an H100).
+if [ -f "$PAYLOAD/records.tgz" ]; then
+    mkdir -p "$BEDKD_CACHE_DIR" && tar -C "$BEDKD_CACHE_DIR" -xzf "$PAYLOAD/records.tgz" || exit 1
+    echo "resumed: $(ls "$BEDKD_CACHE_DIR/compare" | wc -l) finished runs from $PAYLOAD/records.tgz"
+fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 
 "$PYTHON" - <<'EOF' || exit 1
@@ -59,8 +67,8 @@ none = {"clean": [], "bedkd": [], "finetune": [], "kd": [], "released": []}
 one = {"clean": [0], "bedkd": [0, 1, 2], "finetune": [0], "kd": [0], "released": [0]}
 full = {"clean": [0], "bedkd": [0, 1, 2], "finetune": [0, 1, 2], "kd": [0, 1, 2], "released": [0, 1, 2]}
 phases = {
-    "1-agnews-bedkd": (agnews, {**none, "clean": [0], "bedkd": [0, 1, 2]}, {}),
-    "2-agnews-probe": (["agnews/addsent"], {**none, "bedkd": [0, 1, 2]}, {"label_filter": "probe", "reference_quantile": 0.1}),
+    "1-agnews-probe": (["agnews/addsent"], {**none, "bedkd": [0, 1, 2]}, {"label_filter": "probe", "reference_quantile": 0.1}),
+    "2-agnews-bedkd": (agnews, {**none, "clean": [0], "bedkd": [0, 1, 2]}, {}),
     "3-agnews-baselines": (agnews, one, {}),
     "4-rest": (rest, one, {}),
     "5-seeds": (agnews + rest, full, {}),
@@ -76,7 +84,7 @@ print("phases:", ", ".join(phases))
 EOF
 
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
-for phase in 1-agnews-bedkd 2-agnews-probe 3-agnews-baselines 4-rest 5-seeds; do
+for phase in 1-agnews-probe 2-agnews-bedkd 3-agnews-baselines 4-rest 5-seeds; do
     budget=$(left)
     if [ "$budget" -le 20 ]; then echo "phase $phase: skipped, budget spent"; continue; fi
     echo "phase $phase: start at +$(( $(date +%s) - START )) s, $budget s left"

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from tests.project import ROOT, tiny_params
@@ -62,6 +63,9 @@ def test_device_grid_tabulates_what_finished_when_its_budget_is_spent(tmp_path: 
     (payload / "whl").mkdir(parents=True)
     (tmp_path / "data").mkdir()  # no phase runs, so an empty corpus archive will do
     subprocess.run(["tar", "-C", str(tmp_path), "-cJf", str(payload / "data.tar.xz"), "data"], check=True)
+    (tmp_path / "last" / "compare").mkdir(parents=True)  # an earlier call's finished run
+    (tmp_path / "last" / "compare" / "agnews-addsent-bedkd-0-0123456789abcdef.json").write_text("{}")
+    subprocess.run(["tar", "-C", str(tmp_path / "last"), "-czf", str(payload / "records.tgz"), "compare"], check=True)
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir()
     env = {**os.environ, "OUT": str(out), "PAYLOAD": str(payload), "WORK": str(work), "BUDGET_S": "0", "PYTHON": sys.executable,
@@ -69,9 +73,11 @@ def test_device_grid_tabulates_what_finished_when_its_budget_is_spent(tmp_path: 
     subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     assert json.loads((out / "comparison.json").read_text()) == []
     assert json.loads((out / "probe-runs.json").read_text()) == []
-    assert (out / "records.tgz").stat().st_size > 0
+    with tarfile.open(out / "records.tgz") as tar:  # the resumed record travels back with the new ones
+        assert "compare/agnews-addsent-bedkd-0-0123456789abcdef.json" in tar.getnames()
     log = (out / "log.txt").read_text()
-    assert "phase 1-agnews-bedkd: skipped, budget spent" in log
+    assert "resumed: 1 finished runs" in log
+    assert "phase 1-agnews-probe: skipped, budget spent" in log
     assert "not run (left out of the table): agnews/addsent bedkd seed 2" in log
     assert "not run (left out of the table): sst-2/badnets released seed 2" in log
     probe = yaml.safe_load((work / "params" / "probe.yaml").read_text())
