@@ -11,11 +11,13 @@ set -euo pipefail
 PAYLOAD=${PAYLOAD:-.device}
 DATA=${BEDKD_DATA_DIR:-../shared/data}
 mkdir -p "$PAYLOAD/whl"
+# The GPU image lacks the pydantic stack: the versions this environment runs (and tests) with.
+mapfile -t pins < <(python -m pip freeze 2>/dev/null | grep -iE '^(pydantic|pydantic[-_]core|pydantic[-_]settings|python[-_]dotenv|typing[-_]inspection|annotated[-_]types|typing[-_]extensions)==')
+[ "${#pins[@]}" -eq 7 ] || { echo "device_payload.sh: expected 7 pinned packages in this environment, found: ${pins[*]}" >&2; exit 1; }
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$PAYLOAD/whl" pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 python-dotenv==1.2.4 \
-    typing-inspection==0.4.5 annotated-types==0.8.0 typing_extensions==4.16.0
-tar -C "$(dirname "$(realpath "$DATA")")" -cJf "$PAYLOAD/data.tar.xz" "$(basename "$(realpath "$DATA")")"
+    -d "$PAYLOAD/whl" "${pins[@]}"
+tar -C "$DATA" --transform 's,^\.,data,' -cJf "$PAYLOAD/data.tar.xz" .  # unpacks as data/clean/...
 python - "$PAYLOAD/all-MiniLM-L6-v2-fp16" <<'EOF'
 import shutil
 import sys
