@@ -66,14 +66,15 @@ rest = ["olid/badnets", "olid/syntactic", "olid/addsent", "sst-2/syntactic", "ss
 none = {"clean": [], "bedkd": [], "finetune": [], "kd": [], "released": []}
 one = {"clean": [0], "bedkd": [0, 1, 2], "finetune": [0], "kd": [0], "released": [0]}
 full = {"clean": [0], "bedkd": [0, 1, 2], "finetune": [0, 1, 2], "kd": [0, 1, 2], "released": [0, 1, 2]}
+probe = (["agnews/addsent"], {**none, "bedkd": [0, 1, 2]}, {"label_filter": "probe", "reference_quantile": 0.1})
 phases = {
-    "1-agnews-probe": (["agnews/addsent"], {**none, "bedkd": [0, 1, 2]}, {"label_filter": "probe", "reference_quantile": 0.1}),
+    "1-agnews-probe": probe,
     "2-agnews-bedkd": (agnews, {**none, "clean": [0], "bedkd": [0, 1, 2]}, {}),
     "3-agnews-baselines": (agnews, one, {}),
     "4-rest": (rest, one, {}),
     "5-seeds": (agnews + rest, full, {}),
     "grid": (agnews + rest, full, {}),
-    "probe": (["agnews/addsent"], {**none, "bedkd": [0, 1, 2]}, {"label_filter": "probe", "reference_quantile": 0.1}),
+    "probe": probe,
 }
 for name, (cells, seeds, detect) in phases.items():
     p = yaml.safe_load(yaml.safe_dump(base))
