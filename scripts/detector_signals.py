@@ -29,15 +29,12 @@ from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel, PreTrainedModel
 
-from bedkd.compare import cell_params, cell_victim, defense_params, load_cell
-from bedkd.compare.cells import materialise_cell
-from bedkd.config import load_params
+from bedkd.compare import defense_params, load_cell, open_cell
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import agreement_score, flip_distill
 from bedkd.metrics import detection_metrics
 from bedkd.modeling import Encoded, encode, eval_batches, infer, pad_id_of, resolve_backbone
-from bedkd.runtime import Runtime, resolve_runtime
-from bedkd.settings import get_settings
+from bedkd.runtime import Runtime
 
 
 def pooled_states(model: PreTrainedModel, enc: Encoded, pad_id: int, runtime: Runtime) -> np.ndarray:
@@ -68,12 +65,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=5)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    settings = get_settings()
-    runtime = resolve_runtime()
-    cp = cell_params(load_params(args.params), args.cell)
-    cache = settings.cache_dir.resolve()
-    folder = materialise_cell(cp, settings.data_dir, cache / "cells")
-    victim = cell_victim(cp, folder, runtime, cache)
+    oc = open_cell(args.params, args.cell)
+    cp, folder, victim, runtime = oc.params, oc.folder, oc.victim, oc.runtime
     cell = load_cell(cp, folder, victim, runtime)
     # Binary or not, the target label is the one the harness grades ASR against.
     labels = cell.train["label"].to_numpy()

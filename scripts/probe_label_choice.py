@@ -21,16 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bedkd.compare import cell_params, cell_victim, defense_params
-from bedkd.compare.cells import materialise_cell
-from bedkd.config import load_params
+from bedkd.compare import defense_params, open_cell
 from bedkd.defender import defender_pools
 from bedkd.detect import excess_label, probe_flags
 from bedkd.io import drop_ground_truth, read_records
 from bedkd.metrics import detection_metrics
 from bedkd.modeling import encode, infer, pad_id_of, pooled_input_embeddings
-from bedkd.runtime import resolve_runtime
-from bedkd.settings import get_settings
 
 
 def main() -> None:
@@ -40,12 +36,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="defender seeds, comma-separated")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    settings = get_settings()
-    runtime = resolve_runtime()
-    cp = cell_params(load_params(args.params), args.cell)
-    cache = settings.cache_dir.resolve()
-    folder = materialise_cell(cp, settings.data_dir, cache / "cells")
-    victim = cell_victim(cp, folder, runtime, cache)
+    oc = open_cell(args.params, args.cell)
+    cp, folder, victim, runtime = oc.params, oc.folder, oc.victim, oc.runtime
     poisoned = read_records(folder / "poisoned" / "train.parquet", required=("text", "label", "is_poisoned"))
     is_poisoned = poisoned["is_poisoned"].to_numpy().astype(bool)
     train = drop_ground_truth(poisoned)

@@ -30,7 +30,7 @@ import torch
 from filelock import FileLock
 
 from bedkd.compare.cells import cell_folder, cell_key, materialise_cell
-from bedkd.config import Params, released, section_hash, with_overrides
+from bedkd.config import Params, load_params, released, section_hash, with_overrides
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import detect
 from bedkd.distill import ValidationTrace, akd, purify, validation_trace
@@ -38,7 +38,8 @@ from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, write_json
 from bedkd.metrics import detection_metrics
 from bedkd.modeling import Classifier, clone_classifier, encode, infer, load_classifier, pad_id_of, save_classifier
-from bedkd.runtime import Runtime
+from bedkd.runtime import Runtime, resolve_runtime
+from bedkd.settings import get_settings
 from bedkd.train_victim import fit_classifier, train_classifier
 from bedkd.tune import Data, TuneContext, victim_key
 
@@ -158,6 +159,28 @@ def cell_victim(params: Params, folder: Path, runtime: Runtime, cache_dir: Path)
     """Train or load the victim of a materialised cell through the tuner's victim cache (same key:
     seed, data, poison, model, train_victim): the harness, the tuner and the research scripts share it."""
     return TuneContext(Data.load(folder / "prepared", folder / "poisoned"), runtime, cache_dir).victim(params)
+
+
+@dataclass(frozen=True)
+class OpenCell:
+    """One grid cell made ready outside the harness (the research scripts): its params, its
+    materialised data folder, its victim (trained or loaded from the shared cache) and the runtime."""
+
+    params: Params
+    folder: Path
+    victim: Classifier
+    runtime: Runtime
+
+
+def open_cell(params_path: Path, cell: str) -> OpenCell:
+    """``params_path`` narrowed to ``cell`` ("dataset/attack"), with data and cache folders and the
+    device from the environment's settings (BEDKD_DATA_DIR, BEDKD_CACHE_DIR, BEDKD_DEVICE)."""
+    settings = get_settings()
+    runtime = resolve_runtime()
+    cp = cell_params(load_params(params_path), cell)
+    cache = settings.cache_dir.resolve()
+    folder = materialise_cell(cp, settings.data_dir, cache / "cells")
+    return OpenCell(cp, folder, cell_victim(cp, folder, runtime, cache), runtime)
 
 
 def load_cell(params: Params, folder: Path, victim: Classifier, runtime: Runtime) -> Cell:
