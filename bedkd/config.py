@@ -192,6 +192,13 @@ class DistillParams(_Section):
     # schedule's collapse the student flags many clean rows and the estimate overshoots.
     redetect_keep: Literal["fixed", "excess"] = "fixed"
     redetect_keep_max: int = Field(default=2048, ge=1)
+    # After the last AKD round, undo the punish term's pull away from the punished label on clean
+    # rows. none: keep the student as AKD left it; label_bias: add to that label's output-layer bias
+    # the smallest logit shift with which the student predicts the label on as many of the
+    # defender's clean validation rows (the DMM pool, never trained on in AKD) as the victim does
+    # (bedkd.distill.label_bias_shift). One scalar, fitted without test data or the trigger; a
+    # shift only ever raises the label (a student that already predicts it as often is left alone).
+    calibrate: Literal["none", "label_bias"] = "none"
 
     @model_validator(mode="after")
     def _joint_needs_bounded_punish(self) -> "DistillParams":
@@ -281,6 +288,7 @@ TUNABLE = (
     "distill.select",
     "distill.redetect_keep",
     "distill.redetect_keep_max",
+    "distill.calibrate",
 )
 
 

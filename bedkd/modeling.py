@@ -216,6 +216,16 @@ def pooled_input_embeddings(model: PreTrainedModel, enc: Encoded, batch_size: in
     return out
 
 
+def output_bias(model: PreTrainedModel) -> torch.nn.Parameter:
+    """The bias of the classification head's output layer: the last ``nn.Linear`` with
+    ``num_labels`` outputs (BERT ``classifier``, RoBERTa ``classifier.out_proj``, ...)."""
+    k = model.config.num_labels
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == k]
+    if not heads or heads[-1].bias is None:
+        raise BedkdError(f"{type(model).__name__}: no output layer with a bias over its {k} labels")
+    return heads[-1].bias
+
+
 def predict_proba(clf: Classifier, enc: Encoded, runtime: Runtime, batch_size: int, desc: str | None = None) -> np.ndarray:
     return infer(clf.model, enc, runtime, batch_size, pad_id_of(clf.tokenizer), desc=desc).probs()
 

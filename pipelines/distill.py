@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> None:
             extra = {} if red.estimate is None else {"distill/redetect/estimate": float(red.estimate)}
             tracker.log_metrics({"distill/redetect/n_selected": float(len(red.selected)), "distill/redetect/round": float(red.round), **extra})
         tracker.log_metrics({"distill/chosen_cycle": float(res.chosen_cycle)})
+        if pur.calibration is not None:
+            cal = pur.calibration
+            tracker.log_metrics({
+                "distill/calibrate/shift": cal.shift, "distill/calibrate/victim_count": float(cal.victim_count),
+                "distill/calibrate/student_count": float(cal.student_count), "distill/calibrate/calibrated_count": float(cal.calibrated_count),
+            })
         # The rows the returned student was punished on: the last redetection, or DMM's own selection.
         last = pur.redetections[-1] if pur.redetections else Redetection(round=1, score=scores["score"].to_numpy(), selected=selected, holdout=holdout)
         with atomic_dir(args.out) as tmp:

@@ -528,3 +528,73 @@ def test_half_precision_checkpoints_load_with_fp32_parameters(tiny_model, tmp_pa
     w_full = full.model.get_input_embeddings().weight
     assert not torch.equal(w_half, w_full)  # rounded through fp16 ...
     torch.testing.assert_close(w_half, w_full, rtol=1e-3, atol=1e-4)  # ... by at most fp16's step
+
+
+def test_label_bias_shift_restores_the_victims_count_of_the_label_and_no_more() -> None:
+    from bedkd.distill import label_bias_shift
+
+    # 6 rows, 3 labels; the student predicts label 2 on one row, the victim on three
+    z = np.array([[2.0, 0.0, 1.5], [0.0, 3.0, 1.0], [1.0, 0.0, 3.0], [4.0, 0.0, 0.0], [0.0, 1.0, 0.8], [0.0, 0.0, -1.0]])
+    victim_pred = np.array([2, 2, 2, 0, 1, 1])
+    shift = label_bias_shift(z, victim_pred, label=2)
+    # margins of the rows not on label 2: 0.5, 2.0, 4.0, 0.2, 1.0 -> two missing rows switch at > 0.5, the next at 1.0
+    assert shift == pytest.approx(0.75)
+    shifted = z.copy()
+    shifted[:, 2] += shift
+    assert (shifted.argmax(1) == 2).sum() == (victim_pred == 2).sum()
+    assert label_bias_shift(z, victim_pred, label=0) == 0.0  # the student already predicts label 0 as often
+    # every row must switch: beyond the largest margin
+    assert label_bias_shift(np.array([[1.0, 0.0], [3.0, 0.0]]), np.array([1, 1]), label=1) == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="disagree"):
+        label_bias_shift(z, victim_pred[:3], label=2)
+
+
+def test_label_bias_calibration_moves_the_output_bias_and_purify_applies_it(tiny_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    import pandas as pd
+
+    from bedkd.config import DistillLoss
+    from bedkd.distill import calibrate_label_bias, purify
+    from bedkd.modeling import clone_classifier, encode, infer, load_classifier, output_bias, save_classifier
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = dataclasses.replace(resolve_runtime(), amp_dtype=None)  # fp32 logits: exact counts (bf16 rounds margins)
+    assert output_bias(victim.model) is victim.model.classifier.bias  # BERT's head
+    rows = pd.DataFrame({"text": [f"row {i} {'good' if i % 2 else 'bad'} film" for i in range(16)], "label": [i % 2 for i in range(16)]})
+    enc = encode(victim.tokenizer, rows["text"].tolist(), rows["label"].to_numpy(), 16)
+    with torch.no_grad():  # an untrained head gives every row nearly the same logits: spread them
+        victim.model.classifier.weight *= 100.0
+    z = infer(victim.model, enc, rt, 8, 0).logits.numpy()
+    with torch.no_grad():  # and centre it so that the victim predicts both labels
+        output_bias(victim.model)[1] -= float(np.median(z[:, 1] - z[:, 0]))
+    v_pred = infer(victim.model, enc, rt, 8, 0).logits.numpy().argmax(1)
+    label = 1
+    assert 0 < (v_pred == label).sum() < len(rows)
+    student = clone_classifier(victim)
+    with torch.no_grad():
+        output_bias(student.model)[label] -= 2.0  # what an overdone punish term looks like: the label predicted less
+    cal = calibrate_label_bias(student, victim, rows, label, rt, 16, 8)
+    assert cal.student_count < cal.victim_count and cal.victim_count == int((v_pred == label).sum())
+    assert cal.calibrated_count == cal.victim_count and cal.shift > 0
+    save_classifier(student, tmp_path / "s")  # the shift travels with the saved student
+    again = load_classifier(str(tmp_path / "s"), local=True)
+    assert (infer(again.model, enc, rt, 8, 0).logits.numpy().argmax(1) == label).sum() == cal.victim_count
+    # the victim itself needs no shift
+    assert calibrate_label_bias(clone_classifier(victim), victim, rows, label, rt, 16, 8).shift == 0.0
+    # purify applies it after the last round, and only with a punished label and validation rows
+    dist = DistillParams(
+        cycles=1, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), punish="complement", select="best",
+        calibrate="label_bias",
+    )
+    common = dict(
+        victim=victim, clean=rows.head(8), train=rows, victim_pred=v_pred, selected=np.array([0, 2]), holdout=np.array([4]),
+        select=DetectParams(selection="rank", keep=2, holdout=1), runtime=rt, seed=0, max_length=16, validation_clean=rows.tail(8),
+    )
+    pur = purify(params=dist, only_label=0, **common)  # type: ignore[arg-type]
+    assert pur.calibration is not None and pur.calibration.label == 0
+    assert pur.calibration.calibrated_count >= pur.calibration.victim_count
+    assert purify(params=dist.model_copy(update={"calibrate": "none"}), only_label=0, **common).calibration is None  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="calibrate=label_bias needs"):
+        purify(params=dist, only_label=None, **common)  # type: ignore[arg-type]

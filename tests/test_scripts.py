@@ -53,6 +53,25 @@ def test_probe_label_choice_records_each_seeds_choice_on_a_tiny_cell(tmp_path: P
         assert 0.0 <= r["probe_auroc_all"] <= 1.0
 
 
+def test_calibration_check_grades_each_student_before_and_after_the_shift(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(tiny_params(tiny_model))
+    out = tmp_path / "cal.json"
+    env = {**os.environ, "BEDKD_DATA_DIR": str(data_dir), "BEDKD_CACHE_DIR": str(tmp_path / "cache"), "BEDKD_PROGRESS": "false"}
+    cmd = [sys.executable, "scripts/calibration_check.py", "--params", str(params), "--cell", "sst-2/badnets", "--seeds", "0", "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    (rec,) = json.loads(out.read_text())
+    assert rec["cell"] == "sst-2/badnets" and rec["seed"] == 0 and rec["punished_label"] in (0, 1)
+    for when in ("victim", "before", "after"):
+        assert 0.0 <= rec[when]["cacc"] <= 1.0 and 0.0 <= rec[when]["asr"] <= 1.0 and len(rec[when]["recall"]) == 2
+    assert rec["shift"] >= 0.0 and rec["val_rows"] > 0
+    if rec["student_count"] >= rec["victim_count"]:  # nothing missing: nothing moved
+        assert rec["shift"] == 0.0 and rec["after"] == rec["before"]
+    else:  # the shift only ever raises the punished label
+        lab = rec["punished_label"]
+        assert rec["calibrated_count"] > rec["student_count"] and rec["after"]["recall"][lab] >= rec["before"]["recall"][lab]
+
+
 def test_device_grid_tabulates_what_finished_when_its_budget_is_spent(tmp_path: Path) -> None:
     """scripts/device_grid.sh with no budget left: every phase is skipped, and the tables, the
     list of missing runs and the records archive are still written (what a cut-off GPU call

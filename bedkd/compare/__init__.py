@@ -33,7 +33,7 @@ from bedkd.compare.cells import cell_folder, cell_key, materialise_cell
 from bedkd.config import Params, load_params, released, section_hash, with_overrides
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import detect
-from bedkd.distill import ValidationTrace, akd, purify, validation_trace
+from bedkd.distill import Calibration, ValidationTrace, akd, purify, validation_trace
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, write_json
 from bedkd.metrics import detection_metrics
@@ -138,6 +138,8 @@ class RunRecord:
     victim_val_acc: float | None = None
     val_acc: float | None = None
     val_history: list[dict[str, float]] | None = None
+    # distill.calibrate label_bias: the logit shift added to the punished label (None: option off).
+    calibration_shift: float | None = None
 
 
 @dataclass
@@ -206,66 +208,85 @@ def load_cell(params: Params, folder: Path, victim: Classifier, runtime: Runtime
     )
 
 
-def run_defense(
-    cell: Cell, defense: str, seed: int, runtime: Runtime, machine: str, cache_dir: Path | None = None
-) -> RunRecord:
-    """Train one defended model and grade it on test (and grade the detector, where there is one).
+@dataclass(frozen=True)
+class Defended:
+    """One defended model before grading on test: the student and what the defense measured on the
+    way (detector grades read ``is_poisoned`` only after detection is done)."""
+
+    student: Classifier
+    wall_s: float
+    detect_auroc: float | None = None
+    detect_precision: float | None = None
+    detect_recall: float | None = None
+    n_kept: int | None = None
+    chosen_cycle: int | None = None
+    punished_label: int | None = None
+    dmm_auroc: float | None = None
+    validation: ValidationTrace | None = None
+    calibration: Calibration | None = None
+
+
+def defend(cell: Cell, defense: str, seed: int, runtime: Runtime, cache_dir: Path | None = None) -> Defended:
+    """Train one defended model of ``cell`` (the ``clean`` reference included).
     ``cache_dir``: where the ``clean`` reference model is cached (None: train it afresh)."""
     p = defense_params(cell.params, defense, seed)
     t0 = time.perf_counter()
     if defense == "clean":
         ref, wall = clean_model(p, cell.clean_train, runtime, cache_dir)
-        r = evaluate_classifier(ref, cell.test, runtime, p.evaluate.batch_size)
-        return RunRecord(
-            dataset=p.data.dataset, attack=p.poison.attack, defense=defense, seed=seed,
-            victim_cacc=cell.victim_cacc, victim_asr=cell.victim_asr, student_cacc=r.cacc, student_asr=r.asr,
-            detect_auroc=None, detect_precision=None, detect_recall=None, n_kept=None,
-            chosen_cycle=None, wall_s=wall, machine=machine,
-        )
+        return Defended(student=ref, wall_s=wall)
     pools = defender_pools(cell.clean_train["label"].to_numpy(), p.num_classes, p.detect.flip_per_class, p.distill.clean_per_class, seed)
     clean = cell.clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True)
-    det_auroc = det_prec = det_rec = dmm_auroc = None
-    n_kept = chosen = punished = None
-    val: ValidationTrace | None = None
     if defense == "finetune":
         student = clone_classifier(cell.victim)
         enc = encode(student.tokenizer, clean["text"].tolist(), clean["label"].to_numpy(), p.model.max_length)
         train_classifier(student, enc, p.compare.finetune, runtime, seed, stage="compare/finetune")
-    elif defense in ("released", "bedkd"):
-        flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)
-        res = detect(
-            cell.victim, cell.train, flip, p.detect, runtime, seed, p.model.max_length, p.evaluate.batch_size,
-            victim_probs=cell.victim_train_probs, reference=clean,
-        )
-        scores = res.scores
-        m = detection_metrics(scores["score"].to_numpy(), cell.is_poisoned, scores["selected"].to_numpy())
-        det_auroc, det_prec, det_rec, n_kept = m.auroc, m.precision, m.recall, m.n_kept
-        target = int(res.summary["detect/target_label"])
-        punished = None if target < 0 else target
-        pur = purify(
-            cell.victim, clean, cell.train, scores["victim_pred"].to_numpy(), res.selected, res.holdout, punished,
-            p.distill, p.detect, runtime, seed, p.model.max_length,
-            validation_clean=cell.clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
-            eval_batch_size=p.evaluate.batch_size,
-        )
-        if pur.redetections:
-            last = pur.redetections[-1]
-            m2 = detection_metrics(last.score, cell.is_poisoned, last.mask(last.selected))
-            dmm_auroc, det_auroc, det_prec, det_rec, n_kept = det_auroc, m2.auroc, m2.precision, m2.recall, m2.n_kept
-        student, chosen = pur.result.student, pur.result.chosen_cycle
-        val = validation_trace(pur.result.history, chosen)
-    else:  # kd: trust passes only, nothing punished
+        return Defended(student=student, wall_s=time.perf_counter() - t0)
+    if defense == "kd":  # trust passes only, nothing punished
         out = akd(cell.victim, clean, clean.iloc[:0], p.distill, runtime, seed, p.model.max_length)
-        student, chosen = out.student, out.chosen_cycle
-    wall = time.perf_counter() - t0
-    s = evaluate_classifier(student, cell.test, runtime, p.evaluate.batch_size)
+        return Defended(student=out.student, wall_s=time.perf_counter() - t0, chosen_cycle=out.chosen_cycle)
+    # released / bedkd
+    flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)
+    res = detect(
+        cell.victim, cell.train, flip, p.detect, runtime, seed, p.model.max_length, p.evaluate.batch_size,
+        victim_probs=cell.victim_train_probs, reference=clean,
+    )
+    scores = res.scores
+    m = detection_metrics(scores["score"].to_numpy(), cell.is_poisoned, scores["selected"].to_numpy())
+    det_auroc, det_prec, det_rec, n_kept = m.auroc, m.precision, m.recall, m.n_kept
+    dmm_auroc = None
+    target = int(res.summary["detect/target_label"])
+    punished = None if target < 0 else target
+    pur = purify(
+        cell.victim, clean, cell.train, scores["victim_pred"].to_numpy(), res.selected, res.holdout, punished,
+        p.distill, p.detect, runtime, seed, p.model.max_length,
+        validation_clean=cell.clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
+        eval_batch_size=p.evaluate.batch_size,
+    )
+    if pur.redetections:
+        last = pur.redetections[-1]
+        m2 = detection_metrics(last.score, cell.is_poisoned, last.mask(last.selected))
+        dmm_auroc, det_auroc, det_prec, det_rec, n_kept = det_auroc, m2.auroc, m2.precision, m2.recall, m2.n_kept
+    return Defended(
+        student=pur.result.student, wall_s=time.perf_counter() - t0, detect_auroc=det_auroc, detect_precision=det_prec,
+        detect_recall=det_rec, n_kept=n_kept, chosen_cycle=pur.result.chosen_cycle, punished_label=punished,
+        dmm_auroc=dmm_auroc, validation=validation_trace(pur.result.history, pur.result.chosen_cycle), calibration=pur.calibration,
+    )
+
+
+def run_defense(
+    cell: Cell, defense: str, seed: int, runtime: Runtime, machine: str, cache_dir: Path | None = None
+) -> RunRecord:
+    """Train one defended model (:func:`defend`) and grade it on test."""
+    d = defend(cell, defense, seed, runtime, cache_dir)
+    s = evaluate_classifier(d.student, cell.test, runtime, cell.params.evaluate.batch_size)
+    val = d.validation
     return RunRecord(
-        dataset=p.data.dataset, attack=p.poison.attack, defense=defense, seed=seed,
+        dataset=cell.params.data.dataset, attack=cell.params.poison.attack, defense=defense, seed=seed,
         victim_cacc=cell.victim_cacc, victim_asr=cell.victim_asr, student_cacc=s.cacc, student_asr=s.asr,
-        detect_auroc=det_auroc, detect_precision=det_prec, detect_recall=det_rec, n_kept=n_kept,
-        chosen_cycle=chosen, wall_s=wall, machine=machine, punished_label=punished, dmm_auroc=dmm_auroc,
+        detect_auroc=d.detect_auroc, detect_precision=d.detect_precision, detect_recall=d.detect_recall, n_kept=d.n_kept,
+        chosen_cycle=d.chosen_cycle, wall_s=d.wall_s, machine=machine, punished_label=d.punished_label, dmm_auroc=d.dmm_auroc,
         victim_val_acc=None if val is None else val.victim_acc, val_acc=None if val is None else val.acc,
-        val_history=None if val is None else val.history,
+        val_history=None if val is None else val.history, calibration_shift=None if d.calibration is None else d.calibration.shift,
     )
 
 
@@ -290,10 +311,10 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
 
 # Options added after runs were cached, with their off value: left out of run keys while off, so
 # that adding a switch does not invalidate every cached run that cannot take its code path.
-KEY_OFF: dict[tuple[str, str], object] = {("detect", "reference_quantile"): None}
+KEY_OFF: dict[tuple[str, str], object] = {("detect", "reference_quantile"): None, ("distill", "calibrate"): "none"}
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
-KD_UNUSED = frozenset({"punish", "punish_cap", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule"})
+KD_UNUSED = frozenset({"calibrate", "punish", "punish_cap", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

@@ -26,7 +26,7 @@ from bedkd.config import DetectParams, DistillParams
 from bedkd.detect import excess_count, purified_score, select_rank
 from bedkd.distillation import DistillSet, distill_pass, flagged_pass, joint_pass, with_teacher
 from bedkd.events import Callback, Event, emit
-from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, predict_proba
+from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, infer, output_bias, pad_id_of, predict_proba
 from bedkd.runtime import Runtime
 
 # Called after a cycle with the student; returns e.g. {"dev/cacc": .., "dev/asr": ..}.
@@ -229,10 +229,64 @@ class Redetection:
         )
 
 
+def label_bias_shift(student_logits: np.ndarray, victim_pred: np.ndarray, label: int) -> float:
+    """The logit shift for ``label`` with which the student predicts it on as many rows as the
+    victim does (``student_logits`` [N, k], ``victim_pred`` [N]); 0 when it already does.
+
+    A row not predicted as ``label`` switches to it once the shift exceeds its margin
+    m_i = max_{c != label} z_ic - z_i,label (> 0). For d missing predictions the shift is the
+    midpoint between the d-th and (d+1)-th smallest margins, so the d rows switch and the next does
+    not, with the same slack on both sides.
+    """
+    z = np.asarray(student_logits, dtype=np.float64)
+    if z.ndim != 2 or len(z) != len(victim_pred):
+        raise ValueError(f"student_logits {z.shape} and victim_pred ({len(victim_pred)},) disagree")
+    pred = z.argmax(1)
+    deficit = int((np.asarray(victim_pred) == label).sum() - (pred == label).sum())
+    if deficit <= 0:
+        return 0.0
+    others = np.delete(z, label, axis=1).max(1)
+    margins = np.sort((others - z[:, label])[pred != label])  # [rows not on label] ascending, >= 0
+    lo = margins[deficit - 1]
+    hi = margins[deficit] if deficit < len(margins) else lo + 1.0
+    return float((lo + hi) / 2)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``distill.calibrate: label_bias``: the shift added to the punished label's output bias."""
+
+    label: int
+    shift: float
+    victim_count: int  # validation rows the victim predicts as ``label``
+    student_count: int  # ... the student, before the shift
+    calibrated_count: int  # ... the student, after it
+
+
+def calibrate_label_bias(
+    student: Classifier, victim: Classifier, rows: pd.DataFrame, label: int, runtime: Runtime, max_length: int, batch_size: int
+) -> Calibration:
+    """Fit :func:`label_bias_shift` on ``rows`` (clean rows AKD did not train on) and add it, in
+    place, to the student's output-layer bias of ``label`` (a saved student carries it)."""
+    enc = encode(student.tokenizer, rows["text"].tolist(), rows["label"].to_numpy(), max_length)
+    pad = pad_id_of(student.tokenizer)
+    v_pred = infer(victim.model, enc, runtime, batch_size, pad).logits.numpy().argmax(1)
+    z = infer(student.model, enc, runtime, batch_size, pad).logits.numpy()
+    shift = label_bias_shift(z, v_pred, label)
+    with torch.no_grad():
+        output_bias(student.model)[label] += shift
+    after = infer(student.model, enc, runtime, batch_size, pad).logits.numpy().argmax(1)
+    return Calibration(
+        label=label, shift=shift, victim_count=int((v_pred == label).sum()), student_count=int((z.argmax(1) == label).sum()),
+        calibrated_count=int((after == label).sum()),
+    )
+
+
 @dataclass(frozen=True)
 class PurifyResult:
     result: DistillResult  # the last round: its student; history of all rounds ("round" key)
     redetections: list[Redetection] = field(default_factory=list)
+    calibration: Calibration | None = None  # distill.calibrate: label_bias
 
 
 def _shifted(callbacks: Sequence[Callback], offset: int, rnd: int) -> list[Callback]:
@@ -294,9 +348,19 @@ def purify(
         ref_enc = encode(tok, validation_clean["text"].tolist(), ref_labels, max_length)
         ref = (ref_enc, ref_labels, predict_proba(victim, ref_enc, runtime, eval_batch_size).argmax(1))
 
+    if params.calibrate == "label_bias" and (validation_clean is None or only_label is None):
+        raise ValueError("distill.calibrate=label_bias needs the defender's validation rows and a punished label (detect.label_filter)")
+
+    def finish(result: DistillResult, redetections: list[Redetection]) -> PurifyResult:
+        cal = None
+        if params.calibrate == "label_bias":
+            assert validation_clean is not None and only_label is not None
+            cal = calibrate_label_bias(result.student, victim, validation_clean, only_label, runtime, max_length, eval_batch_size)
+        return PurifyResult(result=result, redetections=redetections, calibration=cal)
+
     res = one_round(1, np.asarray(selected), np.asarray(holdout))
     if not params.redetect:
-        return PurifyResult(result=res)
+        return finish(res, [])
     history = [{**h, "round": 1.0} for h in res.history]
     redetections: list[Redetection] = []
     for rnd in range(2, params.redetect + 2):
@@ -316,10 +380,10 @@ def purify(
         redetections.append(Redetection(round=rnd, score=score, selected=sel, holdout=held, estimate=est))
         res = one_round(rnd, sel, held)
         history += [{**h, "round": float(rnd)} for h in res.history]
-    return PurifyResult(result=DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle), redetections=redetections)
+    return finish(DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle), redetections)
 
 
 __all__ = [
-    "CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "ValidationTrace", "akd", "pick_cycle", "purify",
-    "teacher_set", "validation_trace",
+    "Calibration", "CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "ValidationTrace", "akd",
+    "calibrate_label_bias", "label_bias_shift", "pick_cycle", "purify", "teacher_set", "validation_trace",
 ]
