@@ -14,13 +14,12 @@ reports/compare/research-calibration.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
-from bedkd.compare import defend, defense_params, load_cell, open_cell
+from bedkd.compare import cell_parser, defend, defense_params, load_cell, open_cell, seed_list
 from bedkd.config import with_overrides
 from bedkd.defender import defender_pools
 from bedkd.distill import calibrate_label_bias
@@ -32,11 +31,7 @@ def recall_per_label(r: EvalResult, labels: np.ndarray, k: int) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--cell", required=True, help="dataset/attack, e.g. sst-2/syntactic")
-    ap.add_argument("--seeds", default="0,1,2", help="defender seeds, comma-separated")
-    ap.add_argument("--out", type=Path, required=True)
+    ap = cell_parser(__doc__, "sst-2/syntactic")
     args = ap.parse_args()
     oc = open_cell(args.params, args.cell)
     # The student is calibrated here, after grading it as is: train it without the option.
@@ -46,7 +41,7 @@ def main() -> None:
     test_labels = cell.test.clean.labels.numpy()
     victim_eval = evaluate_classifier(cell.victim, cell.test, oc.runtime, bs)
     records: list[dict[str, object]] = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in seed_list(args.seeds):
         p = defense_params(cp, "bedkd", seed)
         d = defend(cell, "bedkd", seed, oc.runtime)
         if d.punished_label is None:

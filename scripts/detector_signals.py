@@ -18,7 +18,6 @@ for grading only. Results in README "Results"; records in reports/compare/resear
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel, PreTrainedModel
 
-from bedkd.compare import defense_params, load_cell, open_cell
+from bedkd.compare import cell_parser, defense_params, load_cell, open_cell, seed_list
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import agreement_score, flip_distill
 from bedkd.metrics import detection_metrics
@@ -58,12 +57,8 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--cell", required=True, help="dataset/attack, e.g. sst-2/style")
-    ap.add_argument("--seeds", default="0,1", help="defender seeds, comma-separated")
+    ap = cell_parser(__doc__, "sst-2/style", seeds="0,1")
     ap.add_argument("--copies", type=int, default=5)
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     oc = open_cell(args.params, args.cell)
     cp, folder, victim, runtime = oc.params, oc.folder, oc.victim, oc.runtime
@@ -89,7 +84,7 @@ def main() -> None:
         }
 
     records: list[dict[str, object]] = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in seed_list(args.seeds):
         p = defense_params(cp, "bedkd", seed)
         pools = defender_pools(cell.clean_train["label"].to_numpy(), p.num_classes, p.detect.flip_per_class, p.distill.clean_per_class, seed)
         flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)

@@ -14,14 +14,13 @@ reports/compare/research-probe-label.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bedkd.compare import defense_params, open_cell
+from bedkd.compare import cell_parser, defense_params, open_cell, seed_list
 from bedkd.defender import defender_pools
 from bedkd.detect import excess_label, probe_flags
 from bedkd.io import drop_ground_truth, read_records
@@ -30,11 +29,7 @@ from bedkd.modeling import encode, infer, pad_id_of, pooled_input_embeddings
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--cell", required=True, help="dataset/attack, e.g. agnews/addsent")
-    ap.add_argument("--seeds", default="0,1,2", help="defender seeds, comma-separated")
-    ap.add_argument("--out", type=Path, required=True)
+    ap = cell_parser(__doc__, "agnews/addsent")
     args = ap.parse_args()
     oc = open_cell(args.params, args.cell)
     cp, folder, victim, runtime = oc.params, oc.folder, oc.victim, oc.runtime
@@ -50,7 +45,7 @@ def main() -> None:
     train_x = pooled_input_embeddings(victim.model, train_enc, 256, pad, runtime.device)  # [N, H]
     scoring_s = time.perf_counter() - t0
     records: list[dict[str, object]] = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in seed_list(args.seeds):
         t1 = time.perf_counter()
         p = defense_params(cp, "bedkd", seed)
         k = p.num_classes

@@ -13,14 +13,19 @@ from pathlib import Path
 from tests.project import ROOT, tiny_params
 
 
-def test_detector_signals_grades_every_signal_on_a_tiny_cell(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
+def run_script(tmp_path: Path, tiny_model: Path, data_dir: Path, script: str, *args: str) -> list[dict]:
+    """Run scripts/<script> on the tiny sst-2/badnets cell (own cache); its --out records."""
     params = tmp_path / "params.yaml"
     params.write_text(tiny_params(tiny_model))
-    out = tmp_path / "signals.json"
+    out = tmp_path / "out.json"
     env = {**os.environ, "BEDKD_DATA_DIR": str(data_dir), "BEDKD_CACHE_DIR": str(tmp_path / "cache"), "BEDKD_PROGRESS": "false"}
-    cmd = [sys.executable, "scripts/detector_signals.py", "--params", str(params), "--cell", "sst-2/badnets", "--seeds", "0", "--copies", "2", "--out", str(out)]
+    cmd = [sys.executable, f"scripts/{script}", "--params", str(params), "--cell", "sst-2/badnets", *args, "--out", str(out)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    (rec,) = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_detector_signals_grades_every_signal_on_a_tiny_cell(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
+    (rec,) = run_script(tmp_path, tiny_model, data_dir, "detector_signals.py", "--seeds", "0", "--copies", "2")
     assert rec["cell"] == "sst-2/badnets" and rec["seed"] == 0
     assert [c["copy"] for c in rec["dmm"]] == [0, 1]
     assert rec["dmm"][0]["single"] == rec["dmm"][0]["mean_of_copies"]  # the mean of one copy is that copy
@@ -35,13 +40,7 @@ def test_detector_signals_grades_every_signal_on_a_tiny_cell(tmp_path: Path, tin
 
 
 def test_probe_label_choice_records_each_seeds_choice_on_a_tiny_cell(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text(tiny_params(tiny_model))
-    out = tmp_path / "probe.json"
-    env = {**os.environ, "BEDKD_DATA_DIR": str(data_dir), "BEDKD_CACHE_DIR": str(tmp_path / "cache"), "BEDKD_PROGRESS": "false"}
-    cmd = [sys.executable, "scripts/probe_label_choice.py", "--params", str(params), "--cell", "sst-2/badnets", "--seeds", "0,1", "--out", str(out)]
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    recs = json.loads(out.read_text())
+    recs = run_script(tmp_path, tiny_model, data_dir, "probe_label_choice.py", "--seeds", "0,1")
     assert [r["seed"] for r in recs] == [0, 1]
     for r in recs:
         assert r["choice"] in (0, 1) and [x["label"] for x in r["per_label"]] == [0, 1]
@@ -54,13 +53,7 @@ def test_probe_label_choice_records_each_seeds_choice_on_a_tiny_cell(tmp_path: P
 
 
 def test_calibration_check_grades_each_student_before_and_after_the_shift(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text(tiny_params(tiny_model))
-    out = tmp_path / "cal.json"
-    env = {**os.environ, "BEDKD_DATA_DIR": str(data_dir), "BEDKD_CACHE_DIR": str(tmp_path / "cache"), "BEDKD_PROGRESS": "false"}
-    cmd = [sys.executable, "scripts/calibration_check.py", "--params", str(params), "--cell", "sst-2/badnets", "--seeds", "0", "--out", str(out)]
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    (rec,) = json.loads(out.read_text())
+    (rec,) = run_script(tmp_path, tiny_model, data_dir, "calibration_check.py", "--seeds", "0")
     assert rec["cell"] == "sst-2/badnets" and rec["seed"] == 0 and rec["punished_label"] in (0, 1)
     for when in ("victim", "before", "after"):
         assert 0.0 <= rec[when]["cacc"] <= 1.0 and 0.0 <= rec[when]["asr"] <= 1.0 and len(rec[when]["recall"]) == 2

@@ -16,6 +16,7 @@ detector and AKD get the training set without it. Test data is touched once per 
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -183,6 +184,21 @@ def open_cell(params_path: Path, cell: str) -> OpenCell:
     cache = settings.cache_dir.resolve()
     folder = materialise_cell(cp, settings.data_dir, cache / "cells")
     return OpenCell(cp, folder, cell_victim(cp, folder, runtime, cache), runtime)
+
+
+def cell_parser(doc: str, example: str, seeds: str = "0,1,2") -> argparse.ArgumentParser:
+    """The command line every research script on one cell shares: --params, --cell, --seeds
+    (comma-separated, read with :func:`seed_list`), --out; a script adds its own options."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--cell", required=True, help=f"dataset/attack, e.g. {example}")
+    ap.add_argument("--seeds", default=seeds, help="defender seeds, comma-separated")
+    ap.add_argument("--out", type=Path, required=True)
+    return ap
+
+
+def seed_list(seeds: str) -> list[int]:
+    return [int(s) for s in seeds.split(",")]
 
 
 def load_cell(params: Params, folder: Path, victim: Classifier, runtime: Runtime) -> Cell:
