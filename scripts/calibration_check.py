@@ -15,7 +15,6 @@ reports/compare/research-calibration.json.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
