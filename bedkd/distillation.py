@@ -6,7 +6,7 @@ reused by every epoch / cycle.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,18 @@ class DistillSet:
 
     def __len__(self) -> int:
         return len(self.enc)
+
+    def take(self, rows: np.ndarray) -> "DistillSet":
+        """The rows ``rows`` (indices into this set), teacher outputs included, renumbered 0..len-1."""
+        idx = np.asarray(rows, dtype=np.int64)
+        enc = Encoded(ids=[self.enc.ids[i] for i in idx], labels=self.enc.labels[torch.from_numpy(idx)])
+        hidden = None if self.teacher.hidden is None else [self.teacher.hidden[i] for i in idx]
+        return DistillSet(enc, Outputs(logits=self.teacher.logits[torch.from_numpy(idx)], hidden=hidden))
+
+    def with_labels(self, labels: "Iterable[int]") -> "DistillSet":
+        """The rows whose label is in ``labels``."""
+        keep = np.isin(self.enc.labels.numpy(), np.fromiter(labels, dtype=np.int64))
+        return self.take(np.flatnonzero(keep))
 
 
 def with_teacher(teacher: Classifier, enc: Encoded, runtime: Runtime, batch_size: int, hidden: bool) -> DistillSet:
@@ -128,22 +140,43 @@ def flagged_pass(
     batch_size: int,
     *,
     cap: float | None = None,
+    anchor: DistillSet | None = None,
+    loss_cfg: DistillLoss | None = None,
 ) -> dict[str, float]:
     """One bounded punish epoch over flagged rows (no teacher needed): minimise
     ``weight * complement_loss``, or with ``cap`` set ``weight * capped_ascent_loss(cap)``.
-    Returns the mean loss under its name."""
+    Returns the mean loss under its name.
+
+    ``anchor`` (``distill.punish_anchor: label``): clean rows with the teacher's outputs; every
+    step then minimises ``weight * P(flagged batch) + L(anchor batch)`` (``loss_cfg``: L), the
+    anchor rows drawn in reshuffled rounds, one batch per flagged batch. The mean anchor L is
+    returned as ``anchor/loss``."""
+    if anchor is not None and loss_cfg is None:
+        raise ValueError("an anchored punish pass needs the trust loss (loss_cfg)")
     model = student.model
     model.train()
     pad = pad_id_of(student.tokenizer)
-    total, n = 0.0, 0
+    use_hidden = anchor is not None and anchor.teacher.hidden is not None and loss_cfg is not None and loss_cfg.hidden_weight > 0
+    anchors = _endless_batches(anchor.enc, batch_size, rng, pad, runtime.device) if anchor is not None and len(anchor) else None
+    total, anchor_total, n, n_steps = 0.0, 0.0, 0, 0
     for b in train_batches(enc, batch_size, rng, pad, runtime.device):
         loss = _flagged_batch_loss(model, b, runtime, cap)
+        step_loss = weight * loss
+        if anchors is not None:
+            assert anchor is not None and loss_cfg is not None
+            held = _distill_batch_loss(model, anchor, next(anchors), loss_cfg, runtime, use_hidden).total
+            step_loss = step_loss + held
+            anchor_total += float(held.detach())
         optimizer.zero_grad(set_to_none=True)
-        (weight * loss).backward()
+        step_loss.backward()
         optimizer.step()
         total += float(loss.detach()) * len(b.index)
         n += len(b.index)
-    return {("complement" if cap is None else "capped_ascent"): total / max(n, 1)}
+        n_steps += 1
+    out = {("complement" if cap is None else "capped_ascent"): total / max(n, 1)}
+    if anchors is not None:
+        out["anchor/loss"] = anchor_total / max(n_steps, 1)
+    return out
 
 
 def _endless_batches(enc: Encoded, batch_size: int, rng: np.random.Generator, pad: int, device: torch.device) -> Iterator[Batch]:

@@ -341,6 +341,65 @@ def test_joint_schedule_punishes_inside_every_trust_step(tiny_model) -> None:  #
     assert [h["distill/trust/loss"] for h in kd_joint.history] == pytest.approx([h["distill/trust/loss"] for h in kd_passes.history])
 
 
+def test_anchored_punish_pass_holds_clean_rows_of_the_flagged_label(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from bedkd.config import DistillLoss
+    from bedkd.distill import akd, teacher_set
+    from bedkd.distillation import flagged_pass
+    from bedkd.modeling import clone_classifier, encode, load_classifier, predict_proba
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    clean = pd.DataFrame({"text": [f"clean row {i} film" for i in range(12)], "label": [i % 2 for i in range(12)]})
+    flagged = pd.DataFrame({"text": [f"cf bb row {i}" for i in range(8)], "label": [1] * 8})
+    dist = DistillParams(
+        cycles=2, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=1.0), punish="complement", punish_anchor="label"
+    )
+    trust = teacher_set(victim, clean, dist, rt, 16)
+    anchor = trust.with_labels({1})
+    assert len(anchor) == 6 and set(anchor.enc.labels.tolist()) == {1}
+    assert torch.equal(anchor.teacher.logits, trust.teacher.logits[1::2]) and anchor.teacher.hidden is not None
+    fenc = encode(victim.tokenizer, flagged["text"].tolist(), flagged["label"].to_numpy(), 16)
+    held = encode(victim.tokenizer, clean["text"].tolist()[1::2], [1] * 6, 16)
+    teacher_p1 = predict_proba(victim, held, rt, 8)[:, 1]
+
+    def punish(anchored: bool) -> tuple[float, float, int, dict[str, float]]:
+        torch.manual_seed(0)
+        student = clone_classifier(victim)
+        student.model.to(rt.device)
+        opt = torch.optim.Adam(student.model.parameters(), lr=1e-3)
+        steps: list[int] = []
+        opt.register_step_post_hook(lambda *_: steps.append(1))
+        for i in range(4):
+            out = flagged_pass(
+                student, fenc, 1.0, opt, rt, np.random.default_rng(i), 4, anchor=anchor if anchored else None, loss_cfg=dist.loss
+            )
+        drift = float(np.abs(predict_proba(student, held, rt, 8)[:, 1] - teacher_p1).mean())
+        return drift, float(predict_proba(student, fenc, rt, 8)[:, 1].mean()), len(steps), out
+
+    free_drift, free_flagged, free_steps, free_out = punish(False)
+    held_drift, held_flagged, held_steps, held_out = punish(True)
+    before = float(predict_proba(victim, fenc, rt, 8)[:, 1].mean())
+    # one step per flagged batch either way (8 rows / 4 -> 2 per pass), the anchor rides along
+    assert free_steps == held_steps == 8
+    assert set(free_out) == {"complement"} and set(held_out) == {"complement", "anchor/loss"}
+    # both push the flagged rows off their label; only the anchored pass keeps clean label-1 rows near the teacher
+    assert free_flagged < before and held_flagged < before
+    assert held_drift < free_drift
+    # in akd: the option reaches the punish pass and its loss is logged
+    res = akd(victim, clean, flagged, dist, rt, 0, 16)
+    assert {"distill/punish/complement", "distill/punish/anchor/loss"} <= set(res.history[-1])
+    # off (default): the punish pass logs no anchor
+    res_off = akd(victim, clean, flagged, dist.model_copy(update={"punish_anchor": "none"}), rt, 0, 16)
+    assert "distill/punish/anchor/loss" not in res_off.history[-1]
+    with pytest.raises(ValueError, match="punish_anchor"):
+        DistillParams(punish="complement", schedule="joint", punish_anchor="label")
+    with pytest.raises(ValueError, match="punish_anchor"):
+        DistillParams(punish="ascent", punish_anchor="label")
+
+
 def test_pseudo_flip_rows_take_the_least_suspicious_fitted_rows_per_label() -> None:
     from bedkd.detect import pseudo_flip_rows
 

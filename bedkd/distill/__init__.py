@@ -115,6 +115,10 @@ def akd(
     if len(punish) and params.punish_weight > 0 and params.punish == "ascent":
         punish_set = with_teacher(victim, punish_enc, runtime, 256, need_hidden)
     do_punish = len(punish) > 0 and params.punish_weight > 0
+    anchor = None
+    if do_punish and params.punish_anchor == "label":
+        # [M] trust rows of the flagged label(s), with the victim's outputs: held in place while punishing
+        anchor = trust_set.with_labels(set(punish["label"].tolist()))
     val_clean = val_flagged = None
     victim_val: dict[str, float] = {}
     if validation is not None:
@@ -144,7 +148,10 @@ def akd(
                 pun = distill_pass(student, punish_set, params.loss, opt, runtime, rng, params.batch_size, sign=-params.punish_weight)
                 metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
             elif do_punish:
-                pun = flagged_pass(student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap)
+                pun = flagged_pass(
+                    student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap, anchor=anchor,
+                    loss_cfg=params.loss,
+                )
                 metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
         metrics["cycle_s"] = time.perf_counter() - t0
         if val_clean is not None and val_flagged is not None:
