@@ -271,13 +271,15 @@ class Calibration:
 
 
 def calibrate_label_bias(
-    student: Classifier, victim: Classifier, rows: pd.DataFrame, label: int, runtime: Runtime, max_length: int, batch_size: int
+    student: Classifier, victim: Classifier, rows: pd.DataFrame, label: int, runtime: Runtime, max_length: int, batch_size: int,
+    victim_pred: np.ndarray | None = None,
 ) -> Calibration:
     """Fit :func:`label_bias_shift` on ``rows`` (clean rows AKD did not train on) and add it, in
-    place, to the student's output-layer bias of ``label`` (a saved student carries it)."""
+    place, to the student's output-layer bias of ``label`` (a saved student carries it).
+    ``victim_pred`` [len(rows)]: the victim's predictions on ``rows`` when the caller has them."""
     enc = encode(student.tokenizer, rows["text"].tolist(), rows["label"].to_numpy(), max_length)
     pad = pad_id_of(student.tokenizer)
-    v_pred = infer(victim.model, enc, runtime, batch_size, pad).logits.numpy().argmax(1)
+    v_pred = infer(victim.model, enc, runtime, batch_size, pad).logits.numpy().argmax(1) if victim_pred is None else victim_pred
     z = infer(student.model, enc, runtime, batch_size, pad).logits.numpy()
     shift = label_bias_shift(z, v_pred, label)
     with torch.no_grad():
@@ -362,7 +364,10 @@ def purify(
         cal = None
         if params.calibrate == "label_bias":
             assert validation_clean is not None and only_label is not None
-            cal = calibrate_label_bias(result.student, victim, validation_clean, only_label, runtime, max_length, eval_batch_size)
+            cal = calibrate_label_bias(
+                result.student, victim, validation_clean, only_label, runtime, max_length, eval_batch_size,
+                victim_pred=None if ref is None else ref[2],  # redetect_keep=excess already ran the victim on these rows
+            )
         return PurifyResult(result=result, redetections=redetections, calibration=cal)
 
     res = one_round(1, np.asarray(selected), np.asarray(holdout))
