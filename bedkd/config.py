@@ -207,6 +207,13 @@ class DistillParams(_Section):
     # flagged rows' label(s), so the step can only lower that label where the flagged rows differ
     # from clean rows of the same label, i.e. on the trigger. Bounded punish terms only.
     punish_anchor: Literal["none", "label"] = "none"
+    # Punish steps per cycle of the ``passes`` schedule. None: one pass over the flagged rows
+    # (released), so the punish strength per cycle grows with the punish set (512 rows: 32 steps of
+    # 16; a redetect_keep=excess set of 2048: 128 steps against the trust pass's 40). n: exactly n
+    # steps per cycle, drawn from one reshuffled stream of the flagged rows that runs on across
+    # cycles, so every flagged row is punished equally often over the run and the size of the set
+    # no longer sets the strength. Bounded punish terms only.
+    punish_steps: int | None = Field(default=None, ge=1, le=100000)
 
     @model_validator(mode="after")
     def _joint_needs_bounded_punish(self) -> "DistillParams":
@@ -216,6 +223,11 @@ class DistillParams(_Section):
             raise ValueError(
                 "punish_anchor 'label' anchors the punish pass of schedule 'passes' with a bounded punish term "
                 "(complement or capped_ascent); 'joint' already pairs every punish batch with a trust batch"
+            )
+        if self.punish_steps is not None and (self.schedule != "passes" or self.punish == "ascent"):
+            raise ValueError(
+                "punish_steps budgets the punish pass of schedule 'passes' with a bounded punish term "
+                "(complement or capped_ascent); 'joint' already takes one punish batch per trust batch"
             )
         return self
 

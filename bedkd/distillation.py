@@ -142,10 +142,14 @@ def flagged_pass(
     cap: float | None = None,
     anchor: DistillSet | None = None,
     loss_cfg: DistillLoss | None = None,
+    batches: Iterable[Batch] | None = None,
 ) -> dict[str, float]:
-    """One bounded punish epoch over flagged rows (no teacher needed): minimise
+    """One bounded punish pass over flagged rows (no teacher needed): minimise
     ``weight * complement_loss``, or with ``cap`` set ``weight * capped_ascent_loss(cap)``.
     Returns the mean loss under its name.
+
+    ``batches``: the flagged batches to step on (batches of ``enc``, e.g. a slice of
+    :func:`endless_batches` for ``distill.punish_steps``); default one reshuffled epoch of ``enc``.
 
     ``anchor`` (``distill.punish_anchor: label``): clean rows with the teacher's outputs; every
     step then minimises ``weight * P(flagged batch) + L(anchor batch)`` (``loss_cfg``: L), the
@@ -157,9 +161,9 @@ def flagged_pass(
     model.train()
     pad = pad_id_of(student.tokenizer)
     use_hidden = anchor is not None and anchor.teacher.hidden is not None and loss_cfg is not None and loss_cfg.hidden_weight > 0
-    anchors = _endless_batches(anchor.enc, batch_size, rng, pad, runtime.device) if anchor is not None and len(anchor) else None
+    anchors = endless_batches(anchor.enc, batch_size, rng, pad, runtime.device) if anchor is not None and len(anchor) else None
     total, anchor_total, n, n_steps = 0.0, 0.0, 0, 0
-    for b in train_batches(enc, batch_size, rng, pad, runtime.device):
+    for b in train_batches(enc, batch_size, rng, pad, runtime.device) if batches is None else batches:
         loss = _flagged_batch_loss(model, b, runtime, cap)
         step_loss = weight * loss
         if anchors is not None:
@@ -179,7 +183,7 @@ def flagged_pass(
     return out
 
 
-def _endless_batches(enc: Encoded, batch_size: int, rng: np.random.Generator, pad: int, device: torch.device) -> Iterator[Batch]:
+def endless_batches(enc: Encoded, batch_size: int, rng: np.random.Generator, pad: int, device: torch.device) -> Iterator[Batch]:
     """Shuffled batches of ``enc``, reshuffled each time it is used up."""
     while True:
         yield from train_batches(enc, batch_size, rng, pad, device)
@@ -211,7 +215,7 @@ def joint_pass(
     use_hidden = trust.teacher.hidden is not None and loss_cfg.hidden_weight > 0
     sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "mse": 0.0}
     pun_sum, n, n_steps = 0.0, 0, 0
-    punish_batches = _endless_batches(flagged, batch_size, rng, pad, runtime.device) if len(flagged) else None
+    punish_batches = endless_batches(flagged, batch_size, rng, pad, runtime.device) if len(flagged) else None
     for b in train_batches(trust.enc, batch_size, rng, pad, runtime.device):
         parts = _distill_batch_loss(model, trust, b, loss_cfg, runtime, use_hidden)
         total = parts.total

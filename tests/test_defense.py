@@ -400,6 +400,63 @@ def test_anchored_punish_pass_holds_clean_rows_of_the_flagged_label(tiny_model) 
         DistillParams(punish="ascent", punish_anchor="label")
 
 
+def test_punish_steps_budget_the_punish_pass_with_one_stream_across_cycles(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import itertools
+    from collections.abc import Iterator
+
+    import pandas as pd
+
+    from bedkd.config import DistillLoss
+    from bedkd.distill import akd
+    from bedkd.distillation import endless_batches, flagged_pass
+    from bedkd.modeling import Batch, clone_classifier, encode, load_classifier, pad_id_of
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    clean = pd.DataFrame({"text": [f"clean row {i} film" for i in range(12)], "label": [i % 2 for i in range(12)]})
+    flagged = pd.DataFrame({"text": [f"cf bb row {i}" for i in range(8)], "label": [1] * 8})
+    dist = DistillParams(cycles=3, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=1.0), punish="complement")
+
+    # the mechanism: n steps per pass, the stream running on across passes (8 rows, batch 4, n 1:
+    # two passes together visit every flagged row once)
+    fenc = encode(victim.tokenizer, flagged["text"].tolist(), flagged["label"].to_numpy(), 16)
+    student = clone_classifier(victim)
+    student.model.to(rt.device)
+    opt = torch.optim.Adam(student.model.parameters(), lr=1e-3)
+    steps: list[int] = []
+    opt.register_step_post_hook(lambda *_: steps.append(1))
+    seen: list[int] = []
+
+    def recorded(it: Iterator[Batch]) -> Iterator[Batch]:
+        for b in it:
+            seen.extend(b.index.tolist())
+            yield b
+
+    rng = np.random.default_rng(0)
+    stream = recorded(endless_batches(fenc, 4, rng, pad_id_of(victim.tokenizer), rt.device))
+    for _ in range(2):
+        out = flagged_pass(student, fenc, 1.0, opt, rt, rng, 4, batches=itertools.islice(stream, 1))
+        assert set(out) == {"complement"} and out["complement"] > 0
+    assert len(steps) == 2 and sorted(seen) == list(range(8))
+
+    # in akd: a budget of one epoch's steps (8 rows / 4 = 2) draws the very batches of one pass per cycle
+    base = akd(victim, clean, flagged, dist, rt, 0, 16)
+    same = akd(victim, clean, flagged, dist.model_copy(update={"punish_steps": 2}), rt, 0, 16)
+    key = "distill/punish/complement"
+    assert [h[key] for h in same.history] == pytest.approx([h[key] for h in base.history], rel=1e-6, abs=1e-8)
+    # a smaller budget changes the run (one punish step a cycle instead of two)
+    one = akd(victim, clean, flagged, dist.model_copy(update={"punish_steps": 1}), rt, 0, 16)
+    assert [h[key] for h in one.history] != pytest.approx([h[key] for h in base.history], rel=1e-6, abs=1e-8)
+    # passes + bounded punish only
+    with pytest.raises(ValueError, match="punish_steps"):
+        DistillParams(punish="complement", schedule="joint", punish_steps=8)
+    with pytest.raises(ValueError, match="punish_steps"):
+        DistillParams(punish="ascent", punish_steps=8)
+    with pytest.raises(ValueError):
+        DistillParams(punish="complement", punish_steps=0)
+
+
 def test_pseudo_flip_rows_take_the_least_suspicious_fitted_rows_per_label() -> None:
     from bedkd.detect import pseudo_flip_rows
 

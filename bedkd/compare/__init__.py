@@ -329,10 +329,11 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
 # that adding a switch does not invalidate every cached run that cannot take its code path.
 KEY_OFF: dict[tuple[str, str], object] = {
     ("detect", "reference_quantile"): None, ("distill", "calibrate"): "none", ("distill", "punish_anchor"): "none",
+    ("distill", "punish_steps"): None,
 }
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
-KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule"})
+KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

@@ -13,6 +13,7 @@ true labels, never trained on here) and the proxy ASR on flagged rows held out o
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from bedkd.config import DetectParams, DistillParams
 from bedkd.detect import excess_count, purified_score, select_rank
-from bedkd.distillation import DistillSet, distill_pass, flagged_pass, joint_pass, with_teacher
+from bedkd.distillation import DistillSet, distill_pass, endless_batches, flagged_pass, joint_pass, with_teacher
 from bedkd.events import Callback, Event, emit
 from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, infer, output_bias, pad_id_of, predict_proba
 from bedkd.runtime import Runtime
@@ -119,6 +120,11 @@ def akd(
     if do_punish and params.punish_anchor == "label":
         # [M] trust rows of the flagged label(s), with the victim's outputs: held in place while punishing
         anchor = trust_set.with_labels(set(punish["label"].tolist()))
+    punish_stream = None
+    if do_punish and params.punish_steps is not None:
+        # One stream for the whole run (reshuffled when used up): with 512 flagged rows and
+        # punish_steps 32 (batch 16) it draws the same batches as one pass per cycle.
+        punish_stream = endless_batches(punish_enc, params.batch_size, rng, pad_id_of(tok), runtime.device)
     val_clean = val_flagged = None
     victim_val: dict[str, float] = {}
     if validation is not None:
@@ -151,6 +157,7 @@ def akd(
                 pun = flagged_pass(
                     student, punish_enc, params.punish_weight, opt, runtime, rng, params.batch_size, cap=cap, anchor=anchor,
                     loss_cfg=params.loss,
+                    batches=None if punish_stream is None else itertools.islice(punish_stream, params.punish_steps),
                 )
                 metrics.update({f"distill/punish/{k}": v for k, v in pun.items()})
         metrics["cycle_s"] = time.perf_counter() - t0
