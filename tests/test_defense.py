@@ -300,13 +300,26 @@ def test_pick_cycle_prefers_low_proxy_within_the_accuracy_budget() -> None:
         pick_cycle([{"cycle": 1.0}], 0.9, 0.01)
 
 
+def _counted_student(victim, rt):  # type: ignore[no-untyped-def]
+    """A copy of ``victim`` on ``rt``'s device, its Adam optimizer (lr 1e-3) and the list that
+    grows by one per optimizer step."""
+    from bedkd.modeling import clone_classifier
+
+    student = clone_classifier(victim)
+    student.model.to(rt.device)
+    opt = torch.optim.Adam(student.model.parameters(), lr=1e-3)
+    steps: list[int] = []
+    opt.register_step_post_hook(lambda *_: steps.append(1))
+    return student, opt, steps
+
+
 def test_joint_schedule_punishes_inside_every_trust_step(tiny_model) -> None:  # type: ignore[no-untyped-def]
     import pandas as pd
 
     from bedkd.config import DistillLoss
     from bedkd.distill import akd, teacher_set
     from bedkd.distillation import joint_pass
-    from bedkd.modeling import clone_classifier, encode, load_classifier, predict_proba
+    from bedkd.modeling import encode, load_classifier, predict_proba
     from bedkd.runtime import resolve_runtime
 
     victim = load_classifier(str(tiny_model), 2, seed=0)
@@ -316,11 +329,7 @@ def test_joint_schedule_punishes_inside_every_trust_step(tiny_model) -> None:  #
     dist = DistillParams(cycles=2, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=1.0), punish="complement", schedule="joint")
     trust = teacher_set(victim, clean, dist, rt, 16)
     fenc = encode(victim.tokenizer, flagged["text"].tolist(), flagged["label"].to_numpy(), 16)
-    student = clone_classifier(victim)
-    student.model.to(rt.device)
-    opt = torch.optim.Adam(student.model.parameters(), lr=1e-3)
-    steps: list[int] = []
-    opt.register_step_post_hook(lambda *_: steps.append(1))
+    student, opt, steps = _counted_student(victim, rt)
     before = predict_proba(student, fenc, rt, 8)[:, 1].mean()
     out = joint_pass(student, trust, fenc, dist.loss, 1.0, opt, rt, np.random.default_rng(0), 4)
     # one optimizer step per trust batch (10 rows / 4 -> 3), each also on a batch of flagged rows
@@ -347,7 +356,7 @@ def test_anchored_punish_pass_holds_clean_rows_of_the_flagged_label(tiny_model) 
     from bedkd.config import DistillLoss
     from bedkd.distill import akd, teacher_set
     from bedkd.distillation import flagged_pass
-    from bedkd.modeling import clone_classifier, encode, load_classifier, predict_proba
+    from bedkd.modeling import encode, load_classifier, predict_proba
     from bedkd.runtime import resolve_runtime
 
     victim = load_classifier(str(tiny_model), 2, seed=0)
@@ -367,11 +376,7 @@ def test_anchored_punish_pass_holds_clean_rows_of_the_flagged_label(tiny_model) 
 
     def punish(anchored: bool) -> tuple[float, float, int, dict[str, float]]:
         torch.manual_seed(0)
-        student = clone_classifier(victim)
-        student.model.to(rt.device)
-        opt = torch.optim.Adam(student.model.parameters(), lr=1e-3)
-        steps: list[int] = []
-        opt.register_step_post_hook(lambda *_: steps.append(1))
+        student, opt, steps = _counted_student(victim, rt)
         for i in range(4):
             out = flagged_pass(
                 student, fenc, 1.0, opt, rt, np.random.default_rng(i), 4, anchor=anchor if anchored else None, loss_cfg=dist.loss
@@ -409,7 +414,7 @@ def test_punish_steps_budget_the_punish_pass_with_one_stream_across_cycles(tiny_
     from bedkd.config import DistillLoss
     from bedkd.distill import akd
     from bedkd.distillation import endless_batches, flagged_pass
-    from bedkd.modeling import Batch, clone_classifier, encode, load_classifier, pad_id_of
+    from bedkd.modeling import Batch, encode, load_classifier, pad_id_of
     from bedkd.runtime import resolve_runtime
 
     victim = load_classifier(str(tiny_model), 2, seed=0)
@@ -421,11 +426,7 @@ def test_punish_steps_budget_the_punish_pass_with_one_stream_across_cycles(tiny_
     # the mechanism: n steps per pass, the stream running on across passes (8 rows, batch 4, n 1:
     # two passes together visit every flagged row once)
     fenc = encode(victim.tokenizer, flagged["text"].tolist(), flagged["label"].to_numpy(), 16)
-    student = clone_classifier(victim)
-    student.model.to(rt.device)
-    opt = torch.optim.Adam(student.model.parameters(), lr=1e-3)
-    steps: list[int] = []
-    opt.register_step_post_hook(lambda *_: steps.append(1))
+    student, opt, steps = _counted_student(victim, rt)
     seen: list[int] = []
 
     def recorded(it: Iterator[Batch]) -> Iterator[Batch]:
