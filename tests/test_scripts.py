@@ -10,7 +10,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from tests.project import ROOT, tiny_params
+from tests.project import CYCLES, ROOT, tiny_params
 
 
 def run_script(tmp_path: Path, tiny_model: Path, data_dir: Path, script: str, *args: str) -> list[dict]:
@@ -63,6 +63,25 @@ def test_calibration_check_grades_each_student_before_and_after_the_shift(tmp_pa
     else:  # the shift only ever raises the punished label
         lab = rec["punished_label"]
         assert rec["calibrated_count"] > rec["student_count"] and rec["after"]["recall"][lab] >= rec["before"]["recall"][lab]
+
+
+def test_selection_signals_traces_every_akd_cycle_of_the_harness_run(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
+    import numpy as np
+
+    recs = run_script(tmp_path, tiny_model, data_dir, "selection_signals.py", "--seeds", "0")
+    # redetect 1 (params.yaml): two AKD rounds of CYCLES cycles, each traced once, in order
+    assert [(r["round"], r["cycle"]) for r in recs] == [(rnd, c) for rnd in (1.0, 2.0) for c in map(float, range(1, CYCLES + 1))]
+    assert sum(r["chosen"] for r in recs) == 1 and recs[-1]["round"] == 2.0
+    for r in recs:
+        assert 0.0 <= r["test_cacc"] <= 1.0 and 0.0 <= r["test_asr"] <= 1.0 and 0.0 <= r["val_acc"] <= 1.0
+        assert len(r["test_recall"]) == 2 and len(r["train_agree_victim"]) == 2
+    raw = np.load(tmp_path / "out.npz")
+    n = len(raw["sample"])
+    assert raw["s0_train_pred"].shape == (2 * CYCLES, n) and raw["s0_dmm_score"].shape == (n,)
+    assert raw["s0_test_pred"].shape == (2 * CYCLES, len(raw["test_labels"]))
+    # the trace grades the run the harness records: the chosen cycle's test predictions give its CACC
+    (i,) = [j for j, r in enumerate(recs) if r["chosen"]]
+    assert float((raw["s0_test_pred"][i] == raw["test_labels"]).mean()) == recs[i]["test_cacc"]
 
 
 def test_device_grid_tabulates_what_finished_when_its_budget_is_spent(tmp_path: Path) -> None:

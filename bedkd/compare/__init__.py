@@ -34,7 +34,7 @@ from bedkd.compare.cells import cell_folder, cell_key, materialise_cell
 from bedkd.config import Params, load_params, released, section_hash, with_overrides
 from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import detect
-from bedkd.distill import Calibration, ValidationTrace, akd, purify, validation_trace
+from bedkd.distill import Calibration, CycleEval, ValidationTrace, akd, purify, validation_trace
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
 from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, write_json
 from bedkd.metrics import detection_metrics
@@ -242,9 +242,12 @@ class Defended:
     calibration: Calibration | None = None
 
 
-def defend(cell: Cell, defense: str, seed: int, runtime: Runtime, cache_dir: Path | None = None) -> Defended:
+def defend(
+    cell: Cell, defense: str, seed: int, runtime: Runtime, cache_dir: Path | None = None, evaluate: CycleEval | None = None
+) -> Defended:
     """Train one defended model of ``cell`` (the ``clean`` reference included).
-    ``cache_dir``: where the ``clean`` reference model is cached (None: train it afresh)."""
+    ``cache_dir``: where the ``clean`` reference model is cached (None: train it afresh).
+    ``evaluate``: research curves after every AKD cycle of ``bedkd`` / ``released`` (never used to pick)."""
     p = defense_params(cell.params, defense, seed)
     t0 = time.perf_counter()
     if defense == "clean":
@@ -276,7 +279,7 @@ def defend(cell: Cell, defense: str, seed: int, runtime: Runtime, cache_dir: Pat
         cell.victim, clean, cell.train, scores["victim_pred"].to_numpy(), res.selected, res.holdout, punished,
         p.distill, p.detect, runtime, seed, p.model.max_length,
         validation_clean=cell.clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
-        eval_batch_size=p.evaluate.batch_size,
+        evaluate=evaluate, eval_batch_size=p.evaluate.batch_size,
     )
     if pur.redetections:
         last = pur.redetections[-1]
