@@ -20,13 +20,9 @@ per-cycle predictions on the sample, the DMM score, file labels, the victim's pr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-
 import numpy as np
 
-import bedkd.compare as harness
 from bedkd.compare import cell_parser, defend, load_cell, open_cell, seed_list
-from bedkd.detect import DetectResult
 from bedkd.evaluate import evaluate_classifier
 from bedkd.modeling import Classifier, encode, predict_proba
 
@@ -36,17 +32,6 @@ SAMPLE_ROWS = 3000
 def share(hits: np.ndarray) -> float | None:
     """Mean of a boolean array; None when it is empty (no row of that label in the sample)."""
     return float(hits.mean()) if len(hits) else None
-
-
-def recording(detect: Callable[..., DetectResult], box: list[DetectResult]) -> Callable[..., DetectResult]:
-    """``detect`` that also keeps its result (the DMM score of every training row) for this script."""
-
-    def run(*args: object, **kwargs: object) -> DetectResult:
-        res = detect(*args, **kwargs)
-        box.append(res)
-        return res
-
-    return run
 
 
 def main() -> None:
@@ -63,8 +48,6 @@ def main() -> None:
     victim_pred = cell.victim_train_probs[sample].argmax(1)
     test_labels = cell.test.clean.labels.numpy()
     victim_test = evaluate_classifier(cell.victim, cell.test, rt, bs)
-    detections: list[DetectResult] = []
-    harness.detect = recording(harness.detect, detections)  # type: ignore[attr-defined]
     records: list[dict[str, object]] = []
     raw: dict[str, np.ndarray] = {
         "sample": sample, "file_label": file_label, "victim_pred": victim_pred,
@@ -79,9 +62,8 @@ def main() -> None:
             return {"dev/cacc": t.cacc, "dev/asr": t.asr}
 
         d = defend(cell, "bedkd", seed, rt, evaluate=trace)
-        assert d.validation is not None
-        score = detections[-1].scores["score"].to_numpy()[sample]
-        raw[f"s{seed}_dmm_score"] = score
+        assert d.validation is not None and d.dmm_score is not None
+        raw[f"s{seed}_dmm_score"] = d.dmm_score[sample]
         raw[f"s{seed}_train_pred"] = np.stack([np.asarray(c["train_pred"]) for c in calls])
         raw[f"s{seed}_test_pred"] = np.stack([np.asarray(c["test_pred"]) for c in calls])
         cycles = [h for h in d.validation.history if h["cycle"] >= 1]
@@ -100,7 +82,7 @@ def main() -> None:
         print(json.dumps({"seed": seed, "chosen_cycle": d.chosen_cycle, "wall_s": round(d.wall_s, 1)}), flush=True)
         args.out.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
         np.savez_compressed(args.out.with_suffix(".npz"), **raw)
-    victim_rec = {"cacc": victim_test.cacc, "asr": cell.victim_asr, "recall": [float((victim_test.clean_pred[test_labels == j] == j).mean()) for j in range(k)]}
+    victim_rec = {"cacc": victim_test.cacc, "asr": cell.victim_asr, "recall": [share(victim_test.clean_pred[test_labels == j] == j) for j in range(k)]}
     args.out.with_suffix(".victim.json").write_text(json.dumps(victim_rec, indent=1, sort_keys=True) + "\n")
 
 

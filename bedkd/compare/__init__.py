@@ -240,6 +240,7 @@ class Defended:
     dmm_auroc: float | None = None
     validation: ValidationTrace | None = None
     calibration: Calibration | None = None
+    dmm_score: np.ndarray | None = None  # [N] the DMM copy's score of every training row (low = suspicious)
 
 
 def defend(
@@ -289,6 +290,7 @@ def defend(
         student=pur.result.student, wall_s=time.perf_counter() - t0, detect_auroc=det_auroc, detect_precision=det_prec,
         detect_recall=det_rec, n_kept=n_kept, chosen_cycle=pur.result.chosen_cycle, punished_label=punished,
         dmm_auroc=dmm_auroc, validation=validation_trace(pur.result.history, pur.result.chosen_cycle), calibration=pur.calibration,
+        dmm_score=scores["score"].to_numpy(),
     )
 
 
