@@ -20,6 +20,7 @@ per-cycle predictions on the sample, the DMM score, file labels, the victim's pr
 from __future__ import annotations
 
 import json
+
 import numpy as np
 
 from bedkd.compare import cell_parser, defend, load_cell, open_cell, seed_list
@@ -58,7 +59,7 @@ def main() -> None:
 
         def trace(student: Classifier) -> dict[str, float]:
             t = evaluate_classifier(student, cell.test, rt, bs)
-            calls.append({"test_pred": t.clean_pred, "train_pred": predict_proba(student, sample_enc, rt, bs).argmax(1), "asr": t.asr})
+            calls.append({"test_pred": t.clean_pred, "train_pred": predict_proba(student, sample_enc, rt, bs).argmax(1), "cacc": t.cacc, "asr": t.asr})
             return {"dev/cacc": t.cacc, "dev/asr": t.asr}
 
         d = defend(cell, "bedkd", seed, rt, evaluate=trace)
@@ -73,7 +74,7 @@ def main() -> None:
             records.append({
                 "cell": args.cell, "seed": seed, "round": h.get("round", 1.0), "cycle": h["cycle"],
                 "val_acc": h["val/acc"], "proxy_asr": h.get("val/proxy_asr"), "victim_val_acc": d.validation.victim_acc,
-                "test_cacc": float((tp == test_labels).mean()), "test_asr": float(c["asr"]),
+                "test_cacc": float(c["cacc"]), "test_asr": float(c["asr"]),
                 "test_recall": [share(tp[test_labels == j] == j) for j in range(k)],
                 "train_agree_victim": [share(trp[victim_pred == j] == j) for j in range(k)],
                 "chosen": h.get("round", 1.0) == cycles[-1].get("round", 1.0) and h["cycle"] == d.chosen_cycle,
