@@ -178,6 +178,14 @@ class DistillParams(_Section):
     # pool with its true labels) is within ``max_val_drop`` of the victim's. Never test data.
     select: Literal["last", "best"] = "last"
     max_val_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+    # Rows ``select: best`` validates on besides the DMM pool. 0: the pool only (160 rows on a
+    # 2-label task, too few to resolve a 1-point CACC difference: README). n: also a seeded sample
+    # of n training rows (file labels) among those the victim fits (prediction = file label) whose
+    # DMM score ranks them in the least suspicious ``select_train_share`` of the fitted rows. The
+    # defender holds the whole training set; that end of it is almost all clean (olid/syntactic:
+    # 0.1% poisoned). Rows a round punishes or holds out are left out of that round's pool.
+    select_train_rows: int = Field(default=0, ge=0, le=1_000_000)
+    select_train_share: float = Field(default=0.5, gt=0.0, le=1.0)
     # Redetection rounds after the first AKD (0 = released: detect once). Each round rescores every
     # training row with the purified student (bedkd.detect.purified_score), selects ``detect.keep``
     # + ``detect.holdout`` rows of the punished label the way ``detect.selection: rank`` does, and

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             # The defender's own validation rows: the DMM pool with its true labels (AKD never trains on it).
             validation_clean=clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
             evaluate=evaluate, callbacks=[tracker.callback], eval_batch_size=params.evaluate.batch_size,
+            score=scores["score"].to_numpy(),
         )
         res = pur.result
         for red in pur.redetections:

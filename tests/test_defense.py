@@ -715,3 +715,57 @@ def test_label_bias_calibration_moves_the_output_bias_and_purify_applies_it(tiny
     assert purify(params=dist.model_copy(update={"calibrate": "none"}), only_label=0, **common).calibration is None  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="calibrate=label_bias needs"):
         purify(params=dist, only_label=None, **common)  # type: ignore[arg-type]
+
+
+def test_train_validation_rows_are_a_seeded_sample_of_the_least_suspicious_fitted_rows() -> None:
+    from bedkd.distill import train_validation_rows
+
+    score = np.array([0.9, 0.1, 0.8, 0.95, 0.2, 0.7, 1.6, 0.85])  # low = suspicious; row 6: not fitted (+1)
+    vpred = np.array([1, 1, 0, 0, 1, 0, 1, 1])
+    label = np.array([1, 1, 0, 0, 1, 0, 0, 1])
+    # fitted rows: all but 6; their top half by score (4 of 7, ceil): rows 3, 0, 7, 2
+    assert train_validation_rows(score, vpred, label, n=10, share=0.5, seed=0).tolist() == [0, 2, 3, 7]
+    a = train_validation_rows(score, vpred, label, n=2, share=0.5, seed=1)
+    assert len(a) == 2 and set(a) <= {0, 2, 3, 7} and a.tolist() == sorted(a.tolist())
+    assert a.tolist() == train_validation_rows(score, vpred, label, n=2, share=0.5, seed=1).tolist()  # seeded
+    assert train_validation_rows(score, vpred, label, n=10, share=1.0, seed=0).tolist() == [0, 1, 2, 3, 4, 5, 7]
+    assert len(train_validation_rows(score, vpred, 1 - vpred, n=10, share=0.5, seed=0)) == 0  # victim fits nothing
+
+
+def test_select_train_rows_validates_on_the_pool_plus_unpunished_training_rows(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from bedkd.config import DistillLoss
+    from bedkd.distill import purify, train_validation_rows
+    from bedkd.modeling import encode, load_classifier, predict_proba
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    clean = pd.DataFrame({"text": ["a fine film", "a dull film", "great acting", "awful plot"], "label": [1, 0, 1, 0]})
+    train = pd.DataFrame({"text": [f"row {i} cf film" if i % 3 == 0 else f"row {i} plain" for i in range(24)], "label": [i % 2 for i in range(24)]})
+    labels = train["label"].to_numpy()
+    score = np.linspace(0.0, 1.0, 24)  # row 23 least suspicious
+    dist = DistillParams(
+        cycles=1, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), punish="complement", select="best",
+        select_train_rows=30, select_train_share=0.75,
+    )
+    sel_params = DetectParams(selection="rank", threshold=2.0, keep=3, holdout=2)
+    common = dict(
+        victim=victim, clean=clean, train=train, victim_pred=labels, selected=np.array([18, 21]), holdout=np.array([12]), only_label=0,
+        select=sel_params, runtime=rt, seed=0, max_length=16, validation_clean=clean,
+    )
+    pur = purify(params=dist, score=score, **common)  # type: ignore[arg-type]
+    pool = train_validation_rows(score, labels, labels, 30, 0.75, 0)
+    assert pool.tolist() == list(range(6, 24))  # the 18 least suspicious rows
+    extra = [i for i in pool if i not in (18, 21, 12)]  # punished / held-out rows grade nothing
+    val = pd.concat([clean, train.iloc[extra]], ignore_index=True)
+    enc = encode(victim.tokenizer, val["text"].tolist(), val["label"].to_numpy(), 16)
+    victim_acc = float((predict_proba(victim, enc, rt, 256).argmax(1) == val["label"].to_numpy()).mean())
+    assert pur.result.history[0]["cycle"] == 0.0 and pur.result.history[0]["val/acc"] == pytest.approx(victim_acc)
+    # without the option: the pool alone (as before it existed)
+    off = purify(params=dist.model_copy(update={"select_train_rows": 0}), **common)  # type: ignore[arg-type]
+    enc0 = encode(victim.tokenizer, clean["text"].tolist(), clean["label"].to_numpy(), 16)
+    assert off.result.history[0]["val/acc"] == pytest.approx(float((predict_proba(victim, enc0, rt, 256).argmax(1) == clean["label"].to_numpy()).mean()))
+    with pytest.raises(ValueError, match="select_train_rows needs"):
+        purify(params=dist, **common)  # type: ignore[arg-type]

@@ -280,7 +280,7 @@ def defend(
         cell.victim, clean, cell.train, scores["victim_pred"].to_numpy(), res.selected, res.holdout, punished,
         p.distill, p.detect, runtime, seed, p.model.max_length,
         validation_clean=cell.clean_train.iloc[pools.dmm][["text", "label"]].reset_index(drop=True),
-        evaluate=evaluate, eval_batch_size=p.evaluate.batch_size,
+        evaluate=evaluate, eval_batch_size=p.evaluate.batch_size, score=scores["score"].to_numpy(),
     )
     if pur.redetections:
         last = pur.redetections[-1]
@@ -334,11 +334,11 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
 # that adding a switch does not invalidate every cached run that cannot take its code path.
 KEY_OFF: dict[tuple[str, str], object] = {
     ("detect", "reference_quantile"): None, ("distill", "calibrate"): "none", ("distill", "punish_anchor"): "none",
-    ("distill", "punish_steps"): None,
+    ("distill", "punish_steps"): None, ("distill", "select_train_rows"): 0, ("distill", "select_train_share"): 0.5,
 }
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
-KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule"})
+KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule", "select_train_rows", "select_train_share"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

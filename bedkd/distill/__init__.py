@@ -64,6 +64,23 @@ def pick_cycle(history: Sequence[dict[str, float]], victim_val_acc: float, max_v
     return int(max(rows, key=lambda h: (h["val/acc"], -h["cycle"]))["cycle"])
 
 
+def train_validation_rows(
+    score: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray, n: int, share: float, seed: int
+) -> np.ndarray:
+    """Training rows ``select: best`` also validates on (``distill.select_train_rows``): a seeded
+    sample of ``n`` rows among those the victim fits (prediction = file label) whose DMM ``score``
+    [N] (low = suspicious) is in the top ``share`` of the fitted rows. Sorted row indices.
+    """
+    score, fit = np.asarray(score, dtype=np.float64), np.asarray(victim_pred) == np.asarray(file_label)
+    cand = np.flatnonzero(fit)
+    if not len(cand):
+        return cand
+    # The least suspicious ceil(share * fitted) rows (ties by index, so the pool does not depend on sort stability).
+    ranked = cand[np.lexsort((cand, -score[cand]))][: int(np.ceil(share * len(cand)))]
+    pick = np.random.default_rng(seed).choice(len(ranked), size=min(n, len(ranked)), replace=False)
+    return np.sort(ranked[pick])
+
+
 def _val_metrics(student: Classifier, clean: Encoded, flagged: Encoded, runtime: Runtime, batch_size: int) -> dict[str, float]:
     out = {"val/acc": float((predict_proba(student, clean, runtime, batch_size).argmax(1) == clean.labels.numpy()).mean())}
     if len(flagged):
@@ -329,6 +346,7 @@ def purify(
     evaluate: CycleEval | None = None,
     callbacks: Sequence[Callback] = (),
     eval_batch_size: int = 256,
+    score: np.ndarray | None = None,
 ) -> PurifyResult:
     """AKD on DMM's selection, then ``params.redetect`` rounds of: rescore the training rows with
     the purified student, reselect (``select``: threshold, keep, holdout; rows of ``only_label``),
@@ -338,6 +356,8 @@ def purify(
     ``train``: the poisoned training set without ground truth (text, label); ``victim_pred`` [N]:
     the victim's predicted labels on it; ``selected`` / ``holdout``: DMM's row indices.
     ``validation_clean``: the defender's clean validation rows (required for ``select: best``).
+    ``score`` [N]: DMM's score of the training rows (low = suspicious); required with
+    ``distill.select_train_rows``, which adds least suspicious training rows to the validation.
     """
     if "is_poisoned" in train.columns:
         raise ValueError("distill must not see the is_poisoned column")
@@ -346,11 +366,21 @@ def purify(
     tok = victim.tokenizer
     train_enc = encode(tok, rows["text"].tolist(), labels, max_length) if params.redetect else None
     trust_set = teacher_set(victim, clean, params, runtime, max_length)  # the same in every round
+    val_train = None
+    if params.select == "best" and params.select_train_rows:
+        if score is None or len(score) != len(rows):
+            raise ValueError(f"distill.select_train_rows needs DMM's score of every training row ({len(rows)} rows)")
+        val_train = train_validation_rows(score, victim_pred, labels, params.select_train_rows, params.select_train_share, seed)
 
     def one_round(rnd: int, sel: np.ndarray, held: np.ndarray) -> DistillResult:
         validation = None
         if validation_clean is not None:
-            validation = Validation(clean=validation_clean, flagged=rows.iloc[held].reset_index(drop=True))
+            val_clean = validation_clean
+            if val_train is not None:
+                # A row this round punishes or holds out would grade the punish pass on itself.
+                extra = np.setdiff1d(val_train, np.concatenate([sel, held]))
+                val_clean = pd.concat([validation_clean[["text", "label"]], rows.iloc[extra]], ignore_index=True)
+            validation = Validation(clean=val_clean, flagged=rows.iloc[held].reset_index(drop=True))
         return akd(
             victim, clean, rows.iloc[sel].reset_index(drop=True), params, runtime, seed + rnd - 1, max_length, evaluate,
             _shifted(callbacks, (rnd - 1) * params.cycles, rnd) if params.redetect else callbacks, validation, trust_set,
@@ -404,5 +434,5 @@ def purify(
 
 __all__ = [
     "Calibration", "CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "ValidationTrace", "akd",
-    "calibrate_label_bias", "label_bias_shift", "pick_cycle", "purify", "teacher_set", "validation_trace",
+    "calibrate_label_bias", "label_bias_shift", "pick_cycle", "purify", "teacher_set", "train_validation_rows", "validation_trace",
 ]

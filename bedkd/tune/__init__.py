@@ -227,7 +227,7 @@ class TuneContext:
             victim, self.clean_rows(params), rows, det.scores["victim_pred"].to_numpy(), det.selected, det.holdout,
             det.target_label, params.distill, params.detect, self.runtime, params.seed, params.model.max_length,
             validation_clean=self.data.clean_train.iloc[self._pools(params).dmm][["text", "label"]].reset_index(drop=True),
-            evaluate=per_cycle, callbacks=callbacks, eval_batch_size=bs,
+            evaluate=per_cycle, callbacks=callbacks, eval_batch_size=bs, score=det.scores["score"].to_numpy(),
         )
         res = pur.result
         # The chosen cycle's row of the last round (the last cycle unless distill.select=best picked another).
