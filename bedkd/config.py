@@ -183,7 +183,7 @@ class DistillParams(_Section):
     # of n training rows (file labels) among those the victim fits (prediction = file label) whose
     # DMM score ranks them in the least suspicious ``select_train_share`` of the fitted rows. The
     # defender holds the whole training set; that end of it is almost all clean (olid/syntactic:
-    # 0.1% poisoned). Rows a round punishes or holds out are left out of that round's pool.
+    # 0.2-1.0% poisoned, sampled). Rows a round punishes or holds out are left out of that round's pool.
     select_train_rows: int = Field(default=0, ge=0, le=1_000_000)
     select_train_share: float = Field(default=0.5, gt=0.0, le=1.0)
     # Redetection rounds after the first AKD (0 = released: detect once). Each round rescores every
