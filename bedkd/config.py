@@ -104,7 +104,14 @@ class DetectParams(_Section):
     stop_flip_acc: float | None = Field(default=None, gt=0.0, le=1.0)
     # released: mean_c |p_victim - p_copy| (low = suspicious);
     # agreement: 1 - p_copy(victim's label), + 1 where the victim disagrees with the file label.
-    score: Literal["released", "agreement"] = "released"
+    # shift: no copy needed for the score: per label, how far a row's pooled hidden states (every
+    # layer of the suspect model) lie along the whitened mean shift of that label's training rows
+    # from the defender's clean rows of it (bedkd.detect.shift_scores), as Phi(-z), + 1 where the
+    # victim disagrees with the file label. The DMM copy is still trained (its flip accuracy is logged).
+    score: Literal["released", "agreement", "shift"] = "released"
+    # shift only: principal components kept per layer before whitening (~400 clean rows per label
+    # estimate the covariance; 32 measured best on sst-2/style, README).
+    shift_dims: int = Field(default=32, ge=1, le=4096)
     # released: seeded scan, threshold, scan_size cap, first ``keep`` agreeing rows;
     # rank: rows under ``threshold`` whose victim prediction is their file label, most suspicious first, top ``keep``.
     selection: Literal["released", "rank"] = "released"
@@ -142,6 +149,8 @@ class DetectParams(_Section):
     def _keep_le_scan(self) -> "DetectParams":
         if self.selection == "released" and self.keep > self.scan_size:
             raise ValueError(f"keep ({self.keep}) must be <= scan_size ({self.scan_size})")
+        if self.score == "shift" and self.rounds > 1:
+            raise ValueError("score 'shift' does not read the copy, so detection rounds > 1 cannot change it: set rounds 1")
         if self.reference_quantile is not None and (self.label_filter not in ("excess", "probe") or self.selection != "rank"):
             raise ValueError(
                 "reference_quantile needs label_filter 'excess' or 'probe' and selection 'rank' (it calibrates their threshold)"

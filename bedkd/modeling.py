@@ -216,6 +216,23 @@ def pooled_input_embeddings(model: PreTrainedModel, enc: Encoded, batch_size: in
     return out
 
 
+@torch.no_grad()
+def pooled_hidden_states(model: PreTrainedModel, enc: Encoded, batch_size: int, pad_id: int, runtime: Runtime) -> np.ndarray:
+    """Mask-mean-pooled hidden states of every layer of ``model``: [N, layers + 1, H] fp32
+    (index 0 = the embedding layer's output, then one per transformer layer)."""
+    cfg = model.config
+    out = np.zeros((len(enc), cfg.num_hidden_layers + 1, cfg.hidden_size), dtype=np.float32)
+    model.eval()
+    model.to(runtime.device)
+    for b in eval_batches(enc, batch_size, pad_id, runtime.device):
+        with runtime.autocast():
+            hs = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True).hidden_states
+        mask = b.attention_mask.unsqueeze(-1).float()  # [B, L, 1]
+        pooled = torch.stack([(h.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0) for h in hs], dim=1)  # [B, layers + 1, H]
+        out[b.index.numpy()] = pooled.cpu().numpy()
+    return out
+
+
 def output_bias(model: PreTrainedModel) -> torch.nn.Parameter:
     """The bias of the classification head's output layer: the last ``nn.Linear`` with
     ``num_labels`` outputs (BERT ``classifier``, RoBERTa ``classifier.out_proj``, ...)."""

@@ -8,6 +8,9 @@ Grades, on one cell of the comparison harness (the same victim and defender pool
     mean-pooled hidden states of the victim (every layer) and of the pretrained backbone (input
     embeddings and last layer): p_probe(file label), low = suspicious;
   - novelty: mean cosine similarity to the 10 nearest clean rows;
+  - ``detect.score: shift`` (bedkd.detect.shift_scores: the whitened mean shift of each label's
+    training rows from the defender's clean rows of it, over the victim's layers), alone and in a
+    rank sum with the DMM score;
   - the rank sum of a probe and the DMM score (two signals with different failure modes).
 AUROC is computed over all training rows (``all``) and over the rows selection actually ranks:
 fitted by the victim, labelled with the target label (``fit_target``). ``is_poisoned`` is read
@@ -22,33 +25,15 @@ import json
 import time
 
 import numpy as np
-import torch
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel
 
 from bedkd.compare import cell_parser, defense_params, load_cell, open_cell, seed_list
 from bedkd.defender import defender_pools, flipped_set
-from bedkd.detect import agreement_score, flip_distill
+from bedkd.detect import agreement_score, flip_distill, shift_scores
 from bedkd.metrics import detection_metrics
-from bedkd.modeling import Encoded, encode, eval_batches, infer, pad_id_of, resolve_backbone
-from bedkd.runtime import Runtime
-
-
-def pooled_states(model: PreTrainedModel, enc: Encoded, pad_id: int, runtime: Runtime) -> np.ndarray:
-    """Mask-mean-pooled hidden states of every layer: [N, layers + 1, H] (0 = input embeddings)."""
-    cfg = model.config
-    out = np.zeros((len(enc), cfg.num_hidden_layers + 1, cfg.hidden_size), dtype=np.float32)
-    model.eval()
-    model.to(runtime.device)
-    with torch.no_grad():
-        for b in eval_batches(enc, 256, pad_id, runtime.device):
-            with runtime.autocast():
-                hs = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True).hidden_states
-            mask = b.attention_mask.unsqueeze(-1).float()  # [B, L, 1]
-            pooled = torch.stack([(h.float() * mask).sum(1) / mask.sum(1) for h in hs], dim=1)  # [B, layers + 1, H]
-            out[b.index.numpy()] = pooled.cpu().numpy()
-    return out
+from bedkd.modeling import encode, infer, pad_id_of, pooled_hidden_states, resolve_backbone
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -73,7 +58,7 @@ def main() -> None:
     # safetensors only, no remote code: the pretrained backbone the victim was fine-tuned from.
     base = AutoModel.from_pretrained(resolve_backbone(cp.model.backbone), use_safetensors=True, trust_remote_code=False)
     # One encoding of the training rows serves the DMM scoring and both state extractions.
-    states = {"victim": pooled_states(victim.model, train_enc, pad, runtime), "pretrained": pooled_states(base, train_enc, pad, runtime)}
+    states = {"victim": pooled_hidden_states(victim.model, train_enc, 256, pad, runtime), "pretrained": pooled_hidden_states(base, train_enc, 256, pad, runtime)}
 
     def auroc(score: np.ndarray) -> dict[str, float]:
         none = np.zeros(len(score), dtype=bool)
@@ -90,6 +75,14 @@ def main() -> None:
         flip_enc = encode(victim.tokenizer, flip["text"].tolist(), flip["label"].to_numpy(), cp.model.max_length)
         copies: list[np.ndarray] = []
         rec: dict[str, object] = {"cell": args.cell, "seed": seed, "dmm": []}
+        # detect.score shift: the victim's layers against the whole clean budget (DMM rows, true labels, + AKD rows).
+        ref = cell.clean_train.iloc[np.concatenate([pools.dmm, pools.akd])]
+        ref_labels = ref["label"].to_numpy()
+        ref_enc = encode(victim.tokenizer, ref["text"].tolist(), ref_labels, cp.model.max_length)
+        ref_states = {name: pooled_hidden_states(m, ref_enc, 256, pad, runtime) for name, m in (("victim", victim.model), ("pretrained", base))}
+        shift = shift_scores(states["victim"], labels, ref_states["victim"], ref_labels, p.num_classes, dims=p.detect.shift_dims)
+        rec["shift"] = auroc(shift.train + (v_probs.argmax(1) != labels))
+        print(json.dumps({"seed": seed, "shift": rec["shift"]}), flush=True)
         for k in range(args.copies):
             t0 = time.perf_counter()
             copy, hist = flip_distill(victim, flip_enc, p.detect, runtime, seed + 1000 * k)
@@ -100,10 +93,7 @@ def main() -> None:
                 "mean_of_copies": auroc(agreement_score(v_probs, np.mean(copies, axis=0), labels)),
             })
         dmm = agreement_score(v_probs, copies[0], labels)
-        ref = cell.clean_train.iloc[np.concatenate([pools.dmm, pools.akd])]
-        ref_labels = ref["label"].to_numpy()
-        ref_enc = encode(victim.tokenizer, ref["text"].tolist(), ref_labels, cp.model.max_length)
-        ref_states = {name: pooled_states(m, ref_enc, pad, runtime) for name, m in (("victim", victim.model), ("pretrained", base))}
+        rec["shift+dmm"] = auroc(rankdata(shift.train) + rankdata(dmm))
         for name, x_all in states.items():
             layers = range(x_all.shape[1]) if name == "victim" else (0, x_all.shape[1] - 1)
             for layer in layers:

@@ -335,6 +335,7 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
 KEY_OFF: dict[tuple[str, str], object] = {
     ("detect", "reference_quantile"): None, ("distill", "calibrate"): "none", ("distill", "punish_anchor"): "none",
     ("distill", "punish_steps"): None, ("distill", "select_train_rows"): 0, ("distill", "select_train_share"): 0.5,
+    ("detect", "shift_dims"): 32,
 }
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).

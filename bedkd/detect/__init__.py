@@ -31,7 +31,7 @@ from bedkd.config import DetectParams
 from bedkd.defender import flip_labels
 from bedkd.distillation import distill_pass, with_teacher
 from bedkd.events import Callback, Event, emit
-from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, infer, pad_id_of, pooled_input_embeddings
+from bedkd.modeling import Classifier, Encoded, clone_classifier, encode, infer, pad_id_of, pooled_hidden_states, pooled_input_embeddings
 from bedkd.runtime import Runtime
 
 
@@ -74,6 +74,77 @@ def purified_score(student_probs: np.ndarray, victim_pred: np.ndarray, file_labe
     labels = np.asarray(file_label)
     p_label = np.asarray(student_probs)[np.arange(len(labels)), labels]
     return p_label + (np.asarray(victim_pred) != labels).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class ShiftScores:
+    """The ``shift`` score of the training rows and of the clean reference rows (low = suspicious)."""
+
+    train: np.ndarray  # [N]
+    reference: np.ndarray  # [M]
+
+
+def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """One layer, one label: projections of the training rows ``u`` [n, H] and the clean rows ``r``
+    [m, H] on the whitened direction of the mean shift of u from r, in units of r's spread."""
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+
+    mu = r.mean(0)
+    k = int(min(dims, len(u) + len(r) - 1, u.shape[1], len(r) - 1))
+    pca = PCA(k, random_state=0).fit(np.vstack([u, r]) - mu)
+    uz, rz = pca.transform(u - mu), pca.transform(r - mu)
+    # Whiten with the clean rows' covariance (Ledoit-Wolf: m ~ 400 rows in k dims): the clean part of
+    # u has the same law as r, so what is left of the mean shift is the poisoned rows' direction.
+    w = np.linalg.cholesky(np.linalg.inv(LedoitWolf().fit(rz).covariance_))
+    uw, rw = uz @ w, rz @ w
+    d = uw.mean(0) - rw.mean(0)
+    d /= max(float(np.linalg.norm(d)), 1e-12)
+    pu, pr = uw @ d, rw @ d
+    sd = max(float(pr.std()), 1e-12)
+    return (pu - pr.mean()) / sd, (pr - pr.mean()) / sd
+
+
+def shift_scores(
+    train_x: np.ndarray, file_label: np.ndarray, ref_x: np.ndarray, ref_label: np.ndarray, num_classes: int, *, dims: int
+) -> ShiftScores:
+    """Mean-shift score of each row against the defender's clean rows of its own label.
+
+    ``train_x`` [N, layers, H] / ``ref_x`` [M, layers, H]: pooled hidden states of the suspect
+    model. Per label c and layer l, the training rows labelled c are a mix of clean rows, drawn like
+    the defender's clean rows of c, and (for the target) poisoned rows, which the suspect model
+    represents apart from them, whatever the trigger (a word, a sentence, a template, a register).
+    So the shift of their mean from the clean rows' mean, whitened by the clean rows' covariance,
+    points at the poison: z_l = (x - mu_r) . d_l in units of the clean rows' spread along d_l. The
+    layers' z are averaged, re-standardised on the clean rows, and mapped to a tail probability,
+    score = Phi(-z) in (0, 1): 0.5 at the clean rows' mean, low = shifted = suspicious. Labels
+    without reference rows keep 1.0. The reference rows' own scores are in-sample (their mean and
+    spread define z), which keeps their flag rate near 0.5 for ``label_filter: excess``.
+    """
+    from scipy.special import ndtr
+
+    labels, ref_label = np.asarray(file_label), np.asarray(ref_label)
+    out, ref_out = np.ones(len(labels)), np.ones(len(ref_label))
+    for c in range(num_classes):
+        rows, ref_rows = labels == c, ref_label == c
+        if rows.sum() < 2 or ref_rows.sum() < 3:
+            continue
+        layers = [_layer_shift(train_x[rows, layer], ref_x[ref_rows, layer], dims) for layer in range(train_x.shape[1])]
+        zu = np.mean([z[0] for z in layers], axis=0)
+        zr = np.mean([z[1] for z in layers], axis=0)
+        sd = max(float(zr.std()), 1e-12)
+        out[rows] = ndtr(-(zu - zr.mean()) / sd)
+        ref_out[ref_rows] = ndtr(-(zr - zr.mean()) / sd)
+    return ShiftScores(train=out, reference=ref_out)
+
+
+def shift_reference(reference: pd.DataFrame, flip_set: pd.DataFrame) -> pd.DataFrame:
+    """The clean rows the ``shift`` score measures against: the reference rows and DMM's rows with
+    their true labels (``flipped_set`` keeps them in ``true_label``): the whole clean budget."""
+    parts = [reference[["text", "label"]]]
+    if "true_label" in flip_set.columns:
+        parts.append(flip_set[["text", "true_label"]].rename(columns={"true_label": "label"}))
+    return pd.concat(parts, ignore_index=True)
 
 
 def score_rows(kind: str, victim_probs: np.ndarray, student_probs: np.ndarray, file_label: np.ndarray) -> np.ndarray:
@@ -347,8 +418,20 @@ def detect(
         p_victim = np.asarray(victim_probs)
     p_student = infer(student.model, train_enc, runtime, eval_batch_size, pad, desc="detect: student scoring").probs()
     labels = train["label"].to_numpy()
-    score = score_rows(params.score, p_victim, p_student, labels)
     num_classes = p_victim.shape[1]
+    shift: ShiftScores | None = None
+    shift_ref: pd.DataFrame | None = None
+    if params.score == "shift":
+        if reference is None or not len(reference):
+            raise ValueError("detect.score=shift needs clean reference rows")
+        shift_ref = shift_reference(reference, flip_set)
+        ref_enc = encode(tok, shift_ref["text"].tolist(), shift_ref["label"].to_numpy(), max_length)
+        states = [pooled_hidden_states(victim.model, e, eval_batch_size, pad, runtime) for e in (train_enc, ref_enc)]
+        shift = shift_scores(states[0], labels, states[1], shift_ref["label"].to_numpy(), num_classes, dims=params.shift_dims)
+        # As with agreement: rows whose file label the victim does not fit go behind every other row.
+        score = shift.train + (p_victim.argmax(1) != labels).astype(np.float64)
+    else:
+        score = score_rows(params.score, p_victim, p_student, labels)
     for rnd in range(2, params.rounds + 1):
         # Self-training: the rows the copy most clearly flips are clean with high confidence;
         # flipping their labels too gives the next copy many more (free) flipped rows, so its
@@ -371,13 +454,17 @@ def detect(
     elif params.label_filter in ("excess", "probe"):
         if reference is None or not len(reference):
             raise ValueError(f"detect.label_filter={params.label_filter} needs clean reference rows")
-        ref_enc = encode(tok, reference["text"].tolist(), reference["label"].to_numpy(), max_length)
-        ref_labels = reference["label"].to_numpy()
+        ref_frame = reference if shift_ref is None else shift_ref
+        ref_enc = encode(tok, ref_frame["text"].tolist(), ref_frame["label"].to_numpy(), max_length)
+        ref_labels = ref_frame["label"].to_numpy()
         pv_ref = infer(victim.model, ref_enc, runtime, eval_batch_size, pad).probs()
         ref_fits = pv_ref.argmax(1) == ref_labels
         if params.label_filter == "excess" or params.reference_quantile is not None:
-            ps_ref = infer(student.model, ref_enc, runtime, eval_batch_size, pad).probs()
-            ref_score = score_rows(params.score, pv_ref, ps_ref, ref_labels)
+            if shift is not None:
+                ref_score = shift.reference
+            else:
+                ps_ref = infer(student.model, ref_enc, runtime, eval_batch_size, pad).probs()
+                ref_score = score_rows(params.score, pv_ref, ps_ref, ref_labels)
             if params.reference_quantile is not None:
                 thresholds = reference_thresholds(
                     ref_score, pv_ref.argmax(1), ref_labels, num_classes, quantile=params.reference_quantile, floor=params.threshold
