@@ -578,6 +578,9 @@ def test_shift_score_ranks_the_rows_a_label_holds_beyond_its_clean_rows() -> Non
     assert roc_auc_score(poisoned[in_label], -s.train[in_label]) > max(0.9, single)
     # the clean rows are the scale: about half of them fall under 0.5, whatever their label
     assert 0.4 < (s.reference < 0.5).mean() < 0.6
+    # cross-fitted, the clean rows score like the training rows of a label without poison
+    excess0 = (s.train[labels == 0] < 0.5).mean() - (s.reference[ref_labels == 0] < 0.5).mean()
+    assert abs(excess0) < 0.06
     # with the clean rows' flag rates subtracted, label 1 is the one flagged in excess
     assert excess_label(s.train < 0.5, labels, s.reference < 0.5, ref_labels, 2) == 1
     # a label without reference rows keeps 1.0 (never a candidate)

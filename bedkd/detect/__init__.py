@@ -84,29 +84,28 @@ class ShiftScores:
     reference: np.ndarray  # [M]
 
 
-def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """One layer, one label: projections of the training rows ``u`` [n, H] and the clean rows ``r``
-    [m, H] on the whitened direction of the mean shift of u from r, in units of r's spread."""
+def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer, one label, one fit: the whitened direction of the mean shift of the training rows
+    ``u`` [n, H] from the clean rows ``r`` [m, H]. Returns the projections of u and r on it, and
+    the map x [*, H] -> projection, in units of r's spread along it (0 at r's mean)."""
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
     mu = r.mean(0)
     k = int(min(dims, len(u) + len(r) - 1, u.shape[1], len(r) - 1))
     pca = PCA(k, random_state=0).fit(np.vstack([u, r]) - mu)
-    uz, rz = pca.transform(u - mu), pca.transform(r - mu)
-    # Whiten with the clean rows' covariance (Ledoit-Wolf: m ~ 400 rows in k dims): the clean part of
+    # Whiten with the clean rows' covariance (Ledoit-Wolf: ~320 rows in k dims): the clean part of
     # u has the same law as r, so what is left of the mean shift is the poisoned rows' direction.
-    w = np.linalg.cholesky(np.linalg.inv(LedoitWolf().fit(rz).covariance_))
-    uw, rw = uz @ w, rz @ w
-    d = uw.mean(0) - rw.mean(0)
-    d /= max(float(np.linalg.norm(d)), 1e-12)
-    pu, pr = uw @ d, rw @ d
+    w = np.linalg.cholesky(np.linalg.inv(LedoitWolf().fit(pca.transform(r - mu)).covariance_))
+    d = (pca.transform(u - mu) @ w).mean(0) - (pca.transform(r - mu) @ w).mean(0)
+    axis = w @ (d / max(float(np.linalg.norm(d)), 1e-12))  # [k]
+    pr = pca.transform(r - mu) @ axis
     sd = max(float(pr.std()), 1e-12)
-    return (pu - pr.mean()) / sd, (pr - pr.mean()) / sd
+    return (pca.transform(u - mu) @ axis - pr.mean()) / sd, (pr - pr.mean()) / sd, lambda x: (pca.transform(x - mu) @ axis - pr.mean()) / sd
 
 
 def shift_scores(
-    train_x: np.ndarray, file_label: np.ndarray, ref_x: np.ndarray, ref_label: np.ndarray, num_classes: int, *, dims: int
+    train_x: np.ndarray, file_label: np.ndarray, ref_x: np.ndarray, ref_label: np.ndarray, num_classes: int, *, dims: int, folds: int = 5
 ) -> ShiftScores:
     """Mean-shift score of each row against the defender's clean rows of its own label.
 
@@ -115,23 +114,37 @@ def shift_scores(
     the defender's clean rows of c, and (for the target) poisoned rows, which the suspect model
     represents apart from them, whatever the trigger (a word, a sentence, a template, a register).
     So the shift of their mean from the clean rows' mean, whitened by the clean rows' covariance,
-    points at the poison: z_l = (x - mu_r) . d_l in units of the clean rows' spread along d_l. The
-    layers' z are averaged, re-standardised on the clean rows, and mapped to a tail probability,
-    score = Phi(-z) in (0, 1): 0.5 at the clean rows' mean, low = shifted = suspicious. Labels
-    without reference rows keep 1.0. The reference rows' own scores are in-sample (their mean and
-    spread define z), which keeps their flag rate near 0.5 for ``label_filter: excess``.
+    points at the poison: z_l = (x - mu_r) . d_l in units of the clean rows' spread along d_l.
+
+    Cross-fitted over ``folds`` folds of the clean rows: fold k's direction is fitted on the other
+    folds, scores fold k's clean rows (out of fold) and every training row (averaged over the k
+    fits). A direction fitted on a sample of clean rows also points along that sample's noise, so
+    in-sample clean rows sit below unseen rows of the same law (measured: 12-21 points more flags
+    on a clean label at 0.5); out of fold, the clean rows of a label without poison score like its
+    training rows, and ``label_filter: excess`` compares like with like. The layers' z are
+    averaged, standardised on the out-of-fold clean rows and mapped to a tail probability: score =
+    Phi(-z) in (0, 1), 0.5 at the clean rows' mean, low = shifted = suspicious. Labels with fewer
+    than 2 x ``folds`` clean rows (or 2 training rows) keep 1.0.
     """
     from scipy.special import ndtr
 
+    if folds < 2:
+        raise ValueError(f"shift_scores: folds must be >= 2, got {folds}")
     labels, ref_label = np.asarray(file_label), np.asarray(ref_label)
     out, ref_out = np.ones(len(labels)), np.ones(len(ref_label))
     for c in range(num_classes):
-        rows, ref_rows = labels == c, ref_label == c
-        if rows.sum() < 2 or ref_rows.sum() < 3:
+        rows, ref_rows = np.flatnonzero(labels == c), np.flatnonzero(ref_label == c)
+        if len(rows) < 2 or len(ref_rows) < 2 * folds:
             continue
-        layers = [_layer_shift(train_x[rows, layer], ref_x[ref_rows, layer], dims) for layer in range(train_x.shape[1])]
-        zu = np.mean([z[0] for z in layers], axis=0)
-        zr = np.mean([z[1] for z in layers], axis=0)
+        fold_of = np.arange(len(ref_rows)) % folds  # ref rows come in data order: deterministic folds
+        zu = np.zeros(len(rows))
+        zr = np.zeros(len(ref_rows))
+        for layer in range(train_x.shape[1]):
+            u, r = train_x[rows, layer], ref_x[ref_rows, layer]
+            for k in range(folds):
+                pu, _, project = _layer_shift(u, r[fold_of != k], dims)
+                zu += pu / folds
+                zr[fold_of == k] += project(r[fold_of == k])
         sd = max(float(zr.std()), 1e-12)
         out[rows] = ndtr(-(zu - zr.mean()) / sd)
         ref_out[ref_rows] = ndtr(-(zr - zr.mean()) / sd)
