@@ -17,6 +17,7 @@ fitted by the victim, labelled with the target label (``fit_target``). ``is_pois
 for grading only. Results in README "Results"; records in reports/compare/research-*.json.
 
     python scripts/detector_signals.py --cell sst-2/style --seeds 0,1 --copies 5 --out /tmp/style.json
+    python scripts/detector_signals.py --cell sst-2/syntactic --seeds 0,1,2 --copies 0 --out /tmp/syn.json   # shift only
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from transformers import AutoModel
 
 from bedkd.compare import cell_parser, defense_params, load_cell, open_cell, seed_list
 from bedkd.defender import defender_pools, flipped_set
-from bedkd.detect import agreement_score, flip_distill, shift_scores
+from bedkd.detect import agreement_score, excess_label, flip_distill, shift_reference, shift_scores
 from bedkd.metrics import detection_metrics
 from bedkd.modeling import encode, infer, pad_id_of, pooled_hidden_states, resolve_backbone
 
@@ -42,7 +43,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     ap = cell_parser(__doc__, "sst-2/style", seeds="0,1")
-    ap.add_argument("--copies", type=int, default=5)
+    ap.add_argument("--copies", type=int, default=5, help="DMM copies per seed; 0 = the shift score only")
     args = ap.parse_args()
     oc = open_cell(args.params, args.cell)
     cp, folder, victim, runtime = oc.params, oc.folder, oc.victim, oc.runtime
@@ -56,9 +57,11 @@ def main() -> None:
     pad = pad_id_of(victim.tokenizer)
     train_enc = encode(victim.tokenizer, texts, labels, cp.model.max_length)
     # safetensors only, no remote code: the pretrained backbone the victim was fine-tuned from.
-    base = AutoModel.from_pretrained(resolve_backbone(cp.model.backbone), use_safetensors=True, trust_remote_code=False)
-    # One encoding of the training rows serves the DMM scoring and both state extractions.
-    states = {"victim": pooled_hidden_states(victim.model, train_enc, 256, pad, runtime), "pretrained": pooled_hidden_states(base, train_enc, 256, pad, runtime)}
+    models = {"victim": victim.model}
+    if args.copies > 0:  # --copies 0: the shift score alone (no DMM copy, no probes)
+        models["pretrained"] = AutoModel.from_pretrained(resolve_backbone(cp.model.backbone), use_safetensors=True, trust_remote_code=False)
+    # One encoding of the training rows serves the DMM scoring and the state extractions.
+    states = {name: pooled_hidden_states(m, train_enc, 256, pad, runtime) for name, m in models.items()}
 
     def auroc(score: np.ndarray) -> dict[str, float]:
         none = np.zeros(len(score), dtype=bool)
@@ -75,14 +78,26 @@ def main() -> None:
         flip_enc = encode(victim.tokenizer, flip["text"].tolist(), flip["label"].to_numpy(), cp.model.max_length)
         copies: list[np.ndarray] = []
         rec: dict[str, object] = {"cell": args.cell, "seed": seed, "dmm": []}
-        # detect.score shift: the victim's layers against the whole clean budget (DMM rows, true labels, + AKD rows).
-        ref = cell.clean_train.iloc[np.concatenate([pools.dmm, pools.akd])]
+        # detect.score shift, as detect() computes it: the victim's layers against the whole clean
+        # budget (AKD rows + DMM rows with their true labels, bedkd.detect.shift_reference).
+        ref = shift_reference(cell.clean_train.iloc[pools.akd][["text", "label"]].reset_index(drop=True), flip)
         ref_labels = ref["label"].to_numpy()
         ref_enc = encode(victim.tokenizer, ref["text"].tolist(), ref_labels, cp.model.max_length)
-        ref_states = {name: pooled_hidden_states(m, ref_enc, 256, pad, runtime) for name, m in (("victim", victim.model), ("pretrained", base))}
+        ref_states = {name: pooled_hidden_states(m, ref_enc, 256, pad, runtime) for name, m in models.items()}
         shift = shift_scores(states["victim"], labels, ref_states["victim"], ref_labels, p.num_classes, dims=p.detect.shift_dims)
         rec["shift"] = auroc(shift.train + (v_probs.argmax(1) != labels))
-        print(json.dumps({"seed": seed, "shift": rec["shift"]}), flush=True)
+        # label_filter excess on the shift score: each label's flag rate at 0.5 (fitted rows) minus its clean rows'
+        fits, ref_fits = v_probs.argmax(1) == labels, infer(victim.model, ref_enc, runtime, 256, pad).probs().argmax(1) == ref_labels
+        rec["shift_excess"] = [
+            round(float((shift.train[fits & (labels == c)] < 0.5).mean() - (shift.reference[ref_fits & (ref_labels == c)] < 0.5).mean()), 4)
+            for c in range(p.num_classes)
+        ]
+        rec["shift_label"] = excess_label((shift.train < 0.5) & fits, labels, (shift.reference < 0.5) & ref_fits, ref_labels, p.num_classes)
+        print(json.dumps({"seed": seed, "shift": rec["shift"], "shift_excess": rec["shift_excess"], "shift_label": rec["shift_label"]}), flush=True)
+        if args.copies == 0:
+            records.append(rec)
+            args.out.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+            continue
         for k in range(args.copies):
             t0 = time.perf_counter()
             copy, hist = flip_distill(victim, flip_enc, p.detect, runtime, seed + 1000 * k)

@@ -37,6 +37,11 @@ def test_detector_signals_grades_every_signal_on_a_tiny_cell(tmp_path: Path, tin
             assert 0.0 <= auc <= 1.0, (key, signal, auc)
             fit = rec[key][signal]["fit_target"]
             assert math.isnan(fit) or 0.0 <= fit <= 1.0
+    # the shift score (no copy) and its label choice are graded too, and alone with --copies 0
+    assert 0.0 <= rec["shift"]["all"] <= 1.0 and 0.0 <= rec["shift+dmm"]["all"] <= 1.0
+    assert len(rec["shift_excess"]) == 2 and rec["shift_label"] in (0, 1)
+    (alone,) = run_script(tmp_path, tiny_model, data_dir, "detector_signals.py", "--seeds", "0", "--copies", "0")
+    assert alone["shift"] == rec["shift"] and alone["dmm"] == [] and not any("/" in k for k in alone)
 
 
 def test_probe_label_choice_records_each_seeds_choice_on_a_tiny_cell(tmp_path: Path, tiny_model: Path, data_dir: Path) -> None:
