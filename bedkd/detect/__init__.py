@@ -96,12 +96,13 @@ def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, n
     pca = PCA(k, random_state=0).fit(np.vstack([u, r]) - mu)
     # Whiten with the clean rows' covariance (Ledoit-Wolf: ~320 rows in k dims): the clean part of
     # u has the same law as r, so what is left of the mean shift is the poisoned rows' direction.
-    w = np.linalg.cholesky(np.linalg.inv(LedoitWolf().fit(pca.transform(r - mu)).covariance_))
-    d = (pca.transform(u - mu) @ w).mean(0) - (pca.transform(r - mu) @ w).mean(0)
+    uz, rz = pca.transform(u - mu), pca.transform(r - mu)  # [n, k], [m, k]
+    w = np.linalg.cholesky(np.linalg.inv(LedoitWolf().fit(rz).covariance_))
+    d = (uz @ w).mean(0) - (rz @ w).mean(0)
     axis = w @ (d / max(float(np.linalg.norm(d)), 1e-12))  # [k]
-    pr = pca.transform(r - mu) @ axis
-    sd = max(float(pr.std()), 1e-12)
-    return (pca.transform(u - mu) @ axis - pr.mean()) / sd, (pr - pr.mean()) / sd, lambda x: (pca.transform(x - mu) @ axis - pr.mean()) / sd
+    pr = rz @ axis
+    mean, sd = float(pr.mean()), max(float(pr.std()), 1e-12)
+    return (uz @ axis - mean) / sd, (pr - mean) / sd, lambda x: (pca.transform(x - mu) @ axis - mean) / sd
 
 
 def shift_scores(
