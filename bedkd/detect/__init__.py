@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,7 +84,7 @@ class ShiftScores:
     reference: np.ndarray  # [M]
 
 
-def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """One layer, one label, one fit: the whitened direction of the mean shift of the training rows
     ``u`` [n, H] from the clean rows ``r`` [m, H]. Returns the projections of u and r on it, and
     the map x [*, H] -> projection, in units of r's spread along it (0 at r's mean)."""
@@ -435,12 +435,13 @@ def detect(
     num_classes = p_victim.shape[1]
     shift: ShiftScores | None = None
     shift_ref: pd.DataFrame | None = None
+    shift_ref_enc: Encoded | None = None
     if params.score == "shift":
         if reference is None or not len(reference):
             raise ValueError("detect.score=shift needs clean reference rows")
         shift_ref = shift_reference(reference, flip_set)
-        ref_enc = encode(tok, shift_ref["text"].tolist(), shift_ref["label"].to_numpy(), max_length)
-        states = [pooled_hidden_states(victim.model, e, eval_batch_size, pad, runtime) for e in (train_enc, ref_enc)]
+        shift_ref_enc = encode(tok, shift_ref["text"].tolist(), shift_ref["label"].to_numpy(), max_length)
+        states = [pooled_hidden_states(victim.model, e, eval_batch_size, pad, runtime) for e in (train_enc, shift_ref_enc)]
         shift = shift_scores(states[0], labels, states[1], shift_ref["label"].to_numpy(), num_classes, dims=params.shift_dims)
         # As with agreement: rows whose file label the victim does not fit go behind every other row.
         score = shift.train + (p_victim.argmax(1) != labels).astype(np.float64)
@@ -469,8 +470,9 @@ def detect(
         if reference is None or not len(reference):
             raise ValueError(f"detect.label_filter={params.label_filter} needs clean reference rows")
         ref_frame = reference if shift_ref is None else shift_ref
-        ref_enc = encode(tok, ref_frame["text"].tolist(), ref_frame["label"].to_numpy(), max_length)
         ref_labels = ref_frame["label"].to_numpy()
+        # the shift score's clean rows are already tokenised
+        ref_enc = shift_ref_enc if shift_ref_enc is not None else encode(tok, ref_frame["text"].tolist(), ref_labels, max_length)
         pv_ref = infer(victim.model, ref_enc, runtime, eval_batch_size, pad).probs()
         ref_fits = pv_ref.argmax(1) == ref_labels
         if params.label_filter == "excess" or params.reference_quantile is not None:
