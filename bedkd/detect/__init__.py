@@ -84,10 +84,10 @@ class ShiftScores:
     reference: np.ndarray  # [M]
 
 
-def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """One layer, one label, one fit: the whitened direction of the mean shift of the training rows
-    ``u`` [n, H] from the clean rows ``r`` [m, H]. Returns the projections of u and r on it, and
-    the map x [*, H] -> projection, in units of r's spread along it (0 at r's mean)."""
+    ``u`` [n, H] from the clean rows ``r`` [m, H]. Returns the projections of u on it [n] and the
+    map x [*, H] -> projection, in units of r's spread along it (0 at r's mean)."""
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
@@ -102,7 +102,7 @@ def _layer_shift(u: np.ndarray, r: np.ndarray, dims: int) -> tuple[np.ndarray, n
     axis = w @ (d / max(float(np.linalg.norm(d)), 1e-12))  # [k]
     pr = rz @ axis
     mean, sd = float(pr.mean()), max(float(pr.std()), 1e-12)
-    return (uz @ axis - mean) / sd, (pr - mean) / sd, lambda x: (pca.transform(x - mu) @ axis - mean) / sd
+    return (uz @ axis - mean) / sd, lambda x: (pca.transform(x - mu) @ axis - mean) / sd
 
 
 def shift_scores(
@@ -143,7 +143,7 @@ def shift_scores(
         for layer in range(train_x.shape[1]):
             u, r = train_x[rows, layer], ref_x[ref_rows, layer]
             for k in range(folds):
-                pu, _, project = _layer_shift(u, r[fold_of != k], dims)
+                pu, project = _layer_shift(u, r[fold_of != k], dims)
                 zu += pu / folds
                 zr[fold_of == k] += project(r[fold_of == k])
         sd = max(float(zr.std()), 1e-12)
