@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import bedkd.compare as compare
 from bedkd.compare import RunRecord, aggregate, render_markdown, run_grid
 from bedkd.config import Params, load_params, with_overrides
+from bedkd.metrics import detection_metrics
 from bedkd.runtime import resolve_runtime
 from bedkd.tune import Data, TuneContext
 
@@ -92,6 +94,18 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
     assert bk.victim_val_acc == rel.victim_val_acc  # same defender rows, same victim
     for d in ("clean", "finetune", "kd"):
         assert by[(d, 0)].val_acc is None and by[(d, 0)].val_history is None
+    # Each detecting run leaves its rows' per-round scores beside its record; the last round's
+    # grade recomputed from that file is the record's.
+    cached = tmp_path / "cache" / "compare"
+    frames = {"".join(p.name.removeprefix("sst-2-badnets-").split("-")[:2]): pd.read_parquet(p) for p in cached.glob("*.scores.parquet")}
+    assert sorted(frames) == ["bedkd0", "bedkd1", "released0"]
+    for key, rounds in (("bedkd0", 2), ("released0", 1)):
+        f, rec = frames[key], by[(key[:-1], 0)]
+        assert list(f.columns) == ["label", "is_poisoned"] + [c for k in range(1, rounds + 1) for c in (f"score_r{k}", f"selected_r{k}")]
+        assert len(f) == 300 and f["is_poisoned"].any()
+        m = detection_metrics(f[f"score_r{rounds}"].to_numpy(), f["is_poisoned"].to_numpy(), f[f"selected_r{rounds}"].to_numpy())
+        assert m.auroc == pytest.approx(rec.detect_auroc) and m.n_kept == rec.n_kept
+    assert not list(cached.glob(".*.tmp"))
 
     # A second call reads every run from the cache: nothing is retrained.
     def boom(*a, **k):  # type: ignore[no-untyped-def]

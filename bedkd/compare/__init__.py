@@ -241,6 +241,17 @@ class Defended:
     validation: ValidationTrace | None = None
     calibration: Calibration | None = None
     dmm_score: np.ndarray | None = None  # [N] the DMM copy's score of every training row (low = suspicious)
+    rounds: tuple[RoundScores, ...] = ()  # one per selection round: the detector's, then each redetection's
+
+
+@dataclass(frozen=True)
+class RoundScores:
+    """What one selection round saw: the score of every training row (low = suspicious) [N] and the
+    rows it punished [N] (bool). Kept beside the run record so that other rankings of the same runs
+    can be graded without retraining."""
+
+    score: np.ndarray
+    selected: np.ndarray
 
 
 def defend(
@@ -273,6 +284,7 @@ def defend(
     scores = res.scores
     m = detection_metrics(scores["score"].to_numpy(), cell.is_poisoned, scores["selected"].to_numpy())
     det_auroc, det_prec, det_rec, n_kept = m.auroc, m.precision, m.recall, m.n_kept
+    rounds = [RoundScores(score=scores["score"].to_numpy(), selected=scores["selected"].to_numpy().astype(bool))]
     dmm_auroc = None
     target = int(res.summary["detect/target_label"])
     punished = None if target < 0 else target
@@ -285,20 +297,46 @@ def defend(
     if pur.redetections:
         last = pur.redetections[-1]
         m2 = detection_metrics(last.score, cell.is_poisoned, last.mask(last.selected))
+        rounds += [RoundScores(score=r.score, selected=r.mask(r.selected)) for r in pur.redetections]
         dmm_auroc, det_auroc, det_prec, det_rec, n_kept = det_auroc, m2.auroc, m2.precision, m2.recall, m2.n_kept
     return Defended(
         student=pur.result.student, wall_s=time.perf_counter() - t0, detect_auroc=det_auroc, detect_precision=det_prec,
         detect_recall=det_rec, n_kept=n_kept, chosen_cycle=pur.result.chosen_cycle, punished_label=punished,
         dmm_auroc=dmm_auroc, validation=validation_trace(pur.result.history, pur.result.chosen_cycle), calibration=pur.calibration,
-        dmm_score=scores["score"].to_numpy(),
+        dmm_score=scores["score"].to_numpy(), rounds=tuple(rounds),
     )
 
 
+def round_frame(rounds: Sequence[RoundScores], cell: Cell) -> pd.DataFrame:
+    """The training rows' per-round scores and selections with their file label and ground truth,
+    one row per training row: ``label``, ``is_poisoned``, ``score_r<k>``, ``selected_r<k>`` (k = 1 is
+    the detector's round). Written after the run, for grading other rankings offline."""
+    cols: dict[str, np.ndarray] = {"label": cell.train["label"].to_numpy(), "is_poisoned": cell.is_poisoned}
+    for k, r in enumerate(rounds, start=1):
+        cols[f"score_r{k}"], cols[f"selected_r{k}"] = np.asarray(r.score, dtype=np.float64), np.asarray(r.selected, dtype=bool)
+    return pd.DataFrame(cols)
+
+
+def write_frame_atomic(path: Path, df: pd.DataFrame) -> None:
+    """Parquet via a temporary file in the same folder: a killed run leaves no half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def run_defense(
-    cell: Cell, defense: str, seed: int, runtime: Runtime, machine: str, cache_dir: Path | None = None
+    cell: Cell, defense: str, seed: int, runtime: Runtime, machine: str, cache_dir: Path | None = None,
+    scores_path: Path | None = None,
 ) -> RunRecord:
-    """Train one defended model (:func:`defend`) and grade it on test."""
+    """Train one defended model (:func:`defend`) and grade it on test.
+    ``scores_path``: where to write :func:`round_frame` (defenses with a detector only)."""
     d = defend(cell, defense, seed, runtime, cache_dir)
+    if scores_path is not None and d.rounds:
+        write_frame_atomic(scores_path, round_frame(d.rounds, cell))
     s = evaluate_classifier(d.student, cell.test, runtime, cell.params.evaluate.batch_size)
     val = d.validation
     return RunRecord(
@@ -420,7 +458,8 @@ def run_grid(
     on_missing: Callable[[str], None] | None = None,
 ) -> list[RunRecord]:
     """Every cell x defense x seed of ``params.compare``; each finished run is cached as JSON
-    under ``cache_dir/compare`` so an interrupted grid resumes where it stopped.
+    under ``cache_dir/compare`` so an interrupted grid resumes where it stopped, with its rows'
+    per-round scores beside it (``<record>.scores.parquet``, :func:`round_frame`) when it detects.
 
     ``on_record`` is called for each newly computed run. ``victim_for(cell_params, cell_folder)`` trains or loads the cell's victim (only called when a
     run has to be computed). ``cached_only``: compute nothing, return the finished runs and report
@@ -446,7 +485,7 @@ def run_grid(
                     if cell is None:
                         folder = materialise_cell(cp, data_dir, cache_dir / "cells")
                         cell = load_cell(cp, folder, victim_for(cp, folder), runtime)
-                    rec = run_defense(cell, defense, seed, runtime, machine, cache_dir)
+                    rec = run_defense(cell, defense, seed, runtime, machine, cache_dir, path.with_suffix(".scores.parquet"))
                     write_json(path, asdict(rec))
                     if on_record is not None:  # new runs only: a resumed grid logs nothing twice
                         on_record(rec)
