@@ -64,9 +64,17 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_records(path: str | Path, df: pd.DataFrame) -> None:
+    """Parquet via a temporary file in the same folder: a killed writer leaves no half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.reset_index(drop=True).to_parquet(path, index=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        df.reset_index(drop=True).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_records(path: str | Path, required: tuple[str, ...] = RECORD_COLUMNS) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from bedkd.defender import defender_pools, flipped_set
 from bedkd.detect import detect
 from bedkd.distill import Calibration, CycleEval, ValidationTrace, akd, purify, validation_trace
 from bedkd.evaluate import EvalSplits, encode_eval_splits, evaluate_classifier
-from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, write_json
+from bedkd.io import atomic_dir, drop_ground_truth, read_json, read_records, write_json, write_records
 from bedkd.metrics import detection_metrics
 from bedkd.modeling import Classifier, clone_classifier, encode, infer, load_classifier, pad_id_of, save_classifier
 from bedkd.runtime import Runtime, resolve_runtime
@@ -240,8 +240,12 @@ class Defended:
     dmm_auroc: float | None = None
     validation: ValidationTrace | None = None
     calibration: Calibration | None = None
-    dmm_score: np.ndarray | None = None  # [N] the DMM copy's score of every training row (low = suspicious)
     rounds: tuple[RoundScores, ...] = ()  # one per selection round: the detector's, then each redetection's
+
+    @property
+    def dmm_score(self) -> np.ndarray | None:
+        """[N] the detector's score of every training row (round 1; low = suspicious)."""
+        return self.rounds[0].score if self.rounds else None
 
 
 @dataclass(frozen=True)
@@ -303,7 +307,7 @@ def defend(
         student=pur.result.student, wall_s=time.perf_counter() - t0, detect_auroc=det_auroc, detect_precision=det_prec,
         detect_recall=det_rec, n_kept=n_kept, chosen_cycle=pur.result.chosen_cycle, punished_label=punished,
         dmm_auroc=dmm_auroc, validation=validation_trace(pur.result.history, pur.result.chosen_cycle), calibration=pur.calibration,
-        dmm_score=scores["score"].to_numpy(), rounds=tuple(rounds),
+        rounds=tuple(rounds),
     )
 
 
@@ -317,17 +321,6 @@ def round_frame(rounds: Sequence[RoundScores], cell: Cell) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def write_frame_atomic(path: Path, df: pd.DataFrame) -> None:
-    """Parquet via a temporary file in the same folder: a killed run leaves no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def run_defense(
     cell: Cell, defense: str, seed: int, runtime: Runtime, machine: str, cache_dir: Path | None = None,
     scores_path: Path | None = None,
@@ -336,7 +329,7 @@ def run_defense(
     ``scores_path``: where to write :func:`round_frame` (defenses with a detector only)."""
     d = defend(cell, defense, seed, runtime, cache_dir)
     if scores_path is not None and d.rounds:
-        write_frame_atomic(scores_path, round_frame(d.rounds, cell))
+        write_records(scores_path, round_frame(d.rounds, cell))
     s = evaluate_classifier(d.student, cell.test, runtime, cell.params.evaluate.batch_size)
     val = d.validation
     return RunRecord(
