@@ -209,6 +209,14 @@ class DistillParams(_Section):
     # schedule's collapse the student flags many clean rows and the estimate overshoots.
     redetect_keep: Literal["fixed", "excess"] = "fixed"
     redetect_keep_max: int = Field(default=2048, ge=1)
+    # What a redetection round ranks its rows by. purified: the purified student's score alone
+    # (bedkd.detect.purified_score); mean: the mean of that score and the detector's round-1 score
+    # (both in (0, 1) on fitted rows, +1 where the victim does not fit the file label), so a
+    # poisoned row the purified student has come to back as clean is still ranked by what the
+    # detector saw, and the reverse. How many rows (redetect_keep) is still counted on the purified
+    # score: the detector's score of the defender's validation rows is not a held-out one (the DMM
+    # copy is trained on them).
+    redetect_score: Literal["purified", "mean"] = "purified"
     # After the last AKD round, undo the punish term's pull away from the punished label on clean
     # rows. none: keep the student as AKD left it; label_bias: add to that label's output-layer bias
     # the smallest logit shift with which the student predicts the label on as many of the
@@ -330,6 +338,7 @@ TUNABLE = (
     "distill.select",
     "distill.redetect_keep",
     "distill.redetect_keep_max",
+    "distill.redetect_score",
     "distill.calibrate",
     "distill.punish_anchor",
 )

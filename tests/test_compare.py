@@ -159,7 +159,7 @@ def test_run_keys_follow_what_each_defense_reads() -> None:
         {"cell": compare.cell_key(p), "victim": "victim", "defense": "bedkd",
          **{k: v for k, v in p.model_dump(mode="json").items() if k in ("seed", "evaluate")},
          "detect": {k: v for k, v in p.detect.model_dump(mode="json").items() if k not in ("reference_quantile", "shift_dims")},
-         "distill": {k: v for k, v in p.distill.model_dump(mode="json").items() if k not in ("calibrate", "punish_anchor", "punish_steps", "select_train_rows", "select_train_share")}}
+         "distill": {k: v for k, v in p.distill.model_dump(mode="json").items() if k not in ("calibrate", "punish_anchor", "punish_steps", "redetect_score", "select_train_rows", "select_train_share")}}
     )
     assert key(p, "bedkd") == off
     assert len({key(q, "bedkd") for q in (p, calibrated, with_overrides(p, {"detect.reference_quantile": 0.2}))}) == 3
@@ -171,6 +171,8 @@ def test_run_keys_follow_what_each_defense_reads() -> None:
     assert key(budget, "bedkd") not in (key(p, "bedkd"), key(anchored, "bedkd")) and key(budget, "kd") == key(p, "kd")
     wider = with_overrides(p, {"distill.select_train_rows": 2000})
     assert key(wider, "bedkd") not in (key(p, "bedkd"), key(budget, "bedkd")) and key(wider, "kd") == key(p, "kd")  # kd keeps the last cycle
+    meaned = with_overrides(p, {"distill.redetect_score": "mean"})
+    assert key(meaned, "bedkd") not in (key(p, "bedkd"), key(wider, "bedkd")) and key(meaned, "kd") == key(p, "kd")  # kd never redetects
     shifted = with_overrides(p, {"detect.score": "shift"})
     narrow = with_overrides(p, {"detect.score": "shift", "detect.shift_dims": 16})
     assert len({key(q, "bedkd") for q in (p, shifted, narrow)}) == 3 and key(shifted, "kd") == key(p, "kd")

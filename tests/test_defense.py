@@ -705,6 +705,18 @@ def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) 
     assert len(rx.selected) == max(1, min(rx.estimate, 5))
     with pytest.raises(ValueError, match="redetect_keep=excess needs"):
         purify(params=dist_x, **{**common, "only_label": None})  # type: ignore[arg-type]
+    # redetect_score mean: the round ranks by the mean of the detector's and the purified score.
+    # A detector score that puts rows 2 and 4 (label 0) first moves them ahead of the rows the
+    # purified score alone ranks first; the count (excess) is still the purified score's.
+    first = np.full(24, 0.9)
+    first[[2, 4]] = 0.0
+    dist_m = dist_x.model_copy(update={"redetect_score": "mean"})
+    (rm,) = purify(params=dist_m, **{**common, "score": first}).redetections  # type: ignore[arg-type]
+    np.testing.assert_allclose(rm.score, 0.5 * (first + rx.score))  # the same purified student as dist_x's round 1
+    assert rm.estimate == rx.estimate and len(rm.selected) == len(rx.selected)
+    assert set(np.concatenate([rm.selected, rm.holdout])[:2].tolist()) == {2, 4}  # first in the round's ranking
+    with pytest.raises(ValueError, match="redetect_score=mean needs"):
+        purify(params=dist_m, **common)  # type: ignore[arg-type]
 
 
 def test_half_precision_checkpoints_load_with_fp32_parameters(tiny_model, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -120,3 +120,34 @@ def test_device_grid_tabulates_what_finished_when_its_budget_is_spent(tmp_path: 
     assert probe["detect"]["label_filter"] == "probe" and probe["detect"]["reference_quantile"] == 0.1
     assert probe["model"]["backbone"] == f"{payload}/all-MiniLM-L6-v2-fp16"
     assert probe["compare"]["cells"] == ["agnews/addsent"]
+
+
+def test_round_scores_grades_each_round_and_their_combinations(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    # 8 rows: label 1 is punished; rows 0-2 are poisoned. Round 1 ranks them first within label 1
+    # but a clean label-0 row (6) lower still; round 2 ranks poisoned row 2 behind a clean row.
+    frame = pd.DataFrame(
+        {
+            "label": [1, 1, 1, 1, 1, 0, 0, 1],
+            "is_poisoned": [True, True, True, False, False, False, False, False],
+            "score_r1": [0.10, 0.20, 0.30, 0.60, 0.70, 0.50, 0.05, 1.40],  # row 7: victim does not fit it (+1)
+            "selected_r1": [True, True, False, False, False, False, False, False],
+            "score_r2": [0.05, 0.15, 0.45, 0.40, 0.90, 0.80, 0.70, 1.30],
+            "selected_r2": [True, True, False, False, False, False, False, False],
+        }
+    )
+    path = tmp_path / "run.scores.parquet"
+    frame.to_parquet(path)
+    out = tmp_path / "rounds.json"
+    subprocess.run([sys.executable, "scripts/round_scores.py", str(path), "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    (rec,) = json.loads(out.read_text()).values()
+    assert (rec["n_poisoned"], rec["punished_label"], rec["n_kept"], rec["run_precision"]) == (3, 1, 2, 1.0)
+    # round 1: all rows, row 6 (clean, label 0) outranks every poisoned row: 3 x 5 pairs, 3 wrong
+    assert rec["r1"]["all"] == 0.8 and rec["r1"]["label"] == 1.0 and rec["r1"]["fit_target"] == 1.0
+    # round 2: within label 1's fitted rows, clean row 3 (0.40) beats poisoned row 2 (0.45): 1 of 6 pairs
+    assert rec["r2"]["fit_target"] == round(5 / 6, 4) and rec["r2"]["precision"] == 1.0
+    # the equal-weight rank mean puts row 2 (ranks 3 and 4 of 5) ahead of row 3 (4 and 3): tie -> 0.5 credit
+    assert rec["rank_r1_r2_w0.5"]["fit_target"] == round(5.5 / 6, 4)
+    assert rec["mean_r1_r2"]["fit_target"] == 1.0  # 0.375 < 0.5 in the score means

@@ -366,11 +366,11 @@ def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
 KEY_OFF: dict[tuple[str, str], object] = {
     ("detect", "reference_quantile"): None, ("distill", "calibrate"): "none", ("distill", "punish_anchor"): "none",
     ("distill", "punish_steps"): None, ("distill", "select_train_rows"): 0, ("distill", "select_train_share"): 0.5,
-    ("detect", "shift_dims"): 32,
+    ("detect", "shift_dims"): 32, ("distill", "redetect_score"): "purified",
 }
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
-KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "schedule", "select_train_rows", "select_train_share"})
+KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "redetect_score", "schedule", "select_train_rows", "select_train_share"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

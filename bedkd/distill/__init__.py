@@ -233,7 +233,7 @@ class Redetection:
     """One redetection: the purified student's view of the training set and the next punish set."""
 
     round: int  # the AKD round these rows feed (2 = first redetection)
-    score: np.ndarray  # [N] detect.purified_score of every training row, low = suspicious
+    score: np.ndarray  # [N] what the round ranked by (distill.redetect_score) for every training row, low = suspicious
     selected: np.ndarray  # training-row indices punished in that round
     holdout: np.ndarray  # training-row indices held out of punishing, for validation
     estimate: int | None = None  # distill.redetect_keep=excess: the estimated poisoned rows (before the cap)
@@ -357,7 +357,8 @@ def purify(
     the victim's predicted labels on it; ``selected`` / ``holdout``: DMM's row indices.
     ``validation_clean``: the defender's clean validation rows (required for ``select: best``).
     ``score`` [N]: DMM's score of the training rows (low = suspicious); required with
-    ``distill.select_train_rows``, which adds least suspicious training rows to the validation.
+    ``distill.select_train_rows``, which adds least suspicious training rows to the validation, and
+    with ``distill.redetect_score: mean``, which ranks redetected rows by it and the purified score.
     """
     if "is_poisoned" in train.columns:
         raise ValueError("distill must not see the is_poisoned column")
@@ -411,22 +412,29 @@ def purify(
     if not params.redetect:
         return finish(res, [])
     history = [{**h, "round": 1.0} for h in res.history]
+    first_score = None
+    if params.redetect_score == "mean":
+        if score is None or len(score) != len(rows):
+            raise ValueError(f"distill.redetect_score=mean needs the detector's score of every training row ({len(rows)} rows)")
+        first_score = np.asarray(score, dtype=np.float64)
     redetections: list[Redetection] = []
     for rnd in range(2, params.redetect + 2):
         assert train_enc is not None
         probs = predict_proba(res.student, train_enc, runtime, eval_batch_size)
-        score = purified_score(probs, victim_pred, labels)
+        pure = purified_score(probs, victim_pred, labels)
         keep, est = select.keep, None
         if ref is not None:
             assert only_label is not None
             ref_enc, ref_labels, ref_pred = ref
             ref_score = purified_score(predict_proba(res.student, ref_enc, runtime, eval_batch_size), ref_pred, ref_labels)
-            est = excess_count(score, victim_pred, labels, ref_score, ref_pred, ref_labels, label=only_label, threshold=select.threshold)
+            est = excess_count(pure, victim_pred, labels, ref_score, ref_pred, ref_labels, label=only_label, threshold=select.threshold)
             keep = max(1, min(est, params.redetect_keep_max))
+        # [N] what this round ranks by (low = suspicious); both terms carry the +1 of unfitted rows
+        ranked = pure if first_score is None else 0.5 * (first_score + pure)
         sel, held = select_rank(
-            score, victim_pred, labels, threshold=select.threshold, keep=keep, holdout=select.holdout, only_label=only_label
+            ranked, victim_pred, labels, threshold=select.threshold, keep=keep, holdout=select.holdout, only_label=only_label
         )
-        redetections.append(Redetection(round=rnd, score=score, selected=sel, holdout=held, estimate=est))
+        redetections.append(Redetection(round=rnd, score=ranked, selected=sel, holdout=held, estimate=est))
         res = one_round(rnd, sel, held)
         history += [{**h, "round": float(rnd)} for h in res.history]
     return finish(DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle), redetections)
