@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score
+
+from bedkd.metrics import detection_metrics
 
 
 def auroc(score: np.ndarray, y: np.ndarray) -> float:
-    """Low score = suspicious."""
-    return float(roc_auc_score(y, -score)) if 0 < y.sum() < len(y) else float("nan")
+    """Low score = suspicious (the harness's grading, nothing kept)."""
+    return detection_metrics(score, y, np.zeros(len(y), dtype=bool)).auroc
 
 
 def within_rank(score: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -64,12 +65,14 @@ def grade(frame: pd.DataFrame) -> dict[str, object]:
 
     def one(s: np.ndarray) -> dict[str, float]:
         ranked = np.where(lab, s, s + 10.0)  # the label's rows first, in the score's order
-        top = np.lexsort((np.arange(len(s)), ranked))[:n_kept]
+        top = np.zeros(len(s), dtype=bool)
+        top[np.lexsort((np.arange(len(s)), ranked))[:n_kept]] = True
+        m = detection_metrics(ranked, y, top)
         return {
             "all": round(auroc(s, y), 4),
-            "label": round(auroc(ranked, y), 4),
+            "label": round(m.auroc, 4),
             "fit_target": round(auroc(s[pool], y[pool]), 4),
-            "precision": round(float(y[top].mean()), 4),
+            "precision": round(m.precision, 4),
         }
 
     out: dict[str, object] = {
