@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -387,18 +388,31 @@ DEFENSES = ("clean", "finetune", "kd", "released", "bedkd")
 Defense = Literal["clean", "finetune", "kd", "released", "bedkd"]
 
 
+# A variant's name: lower-case words joined by "-", never a built-in defense.
+VARIANT_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+# What a variant may override: the method, never the cell, the victim or the defender's budget.
+VARIANT_SECTIONS = ("detect.", "distill.")
+VARIANT_FIXED = ("detect.flip_per_class", "distill.clean_per_class")
+
+
 class CompareParams(_Section):
     """The comparison harness: defenses x cells x seeds on one victim per cell.
 
     A cell is ``dataset/attack``; its victim is trained once with the top-level seed and the
     ``train_victim`` settings. ``seeds`` are the defender's seeds (its clean rows, the DMM/AKD
     randomness), per defense so that expensive baselines can run on fewer.
+
+    ``variants`` name other settings of the ``bedkd`` defense: dotted ``detect.*`` / ``distill.*``
+    overrides of params.yaml, each a defense of its own in the table (seeds under its name). A
+    variant run is a ``bedkd`` run of the overridden params: same cache key, so a variant equal to
+    params.yaml shares its runs.
     """
 
     cells: tuple[str, ...] = ("sst-2/badnets", "sst-2/addsent", "sst-2/syntactic", "sst-2/style")
-    seeds: dict[Defense, tuple[int, ...]] = Field(
+    seeds: dict[str, tuple[int, ...]] = Field(
         default_factory=lambda: {"clean": (0,), "finetune": (0, 1, 2), "kd": (0, 1, 2), "released": (0,), "bedkd": (0, 1, 2)}
     )
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # finetune baseline: plain CE fine-tuning of the victim on the defender's clean rows.
     finetune: TrainVictimParams = TrainVictimParams(epochs=3, lr=3e-5, batch_size=16)
 
@@ -410,7 +424,17 @@ class CompareParams(_Section):
             dataset, _, attack = cell.partition("/")
             if dataset not in DATASETS or attack not in ATTACKS:
                 raise ValueError(f"cells: {cell!r} is not dataset/attack (datasets {', '.join(DATASETS)}; attacks {', '.join(ATTACKS)})")
+        for name, overrides in self.variants.items():
+            if name in DEFENSES or not VARIANT_NAME.match(name):
+                raise ValueError(f"variants.{name}: a variant name is lower-case words joined by '-' and not one of {', '.join(DEFENSES)}")
+            for key in overrides:
+                if not key.startswith(VARIANT_SECTIONS) or key in VARIANT_FIXED:
+                    raise ValueError(
+                        f"variants.{name}.{key}: a variant overrides detect.* / distill.* knobs only (not the budget: {', '.join(VARIANT_FIXED)})"
+                    )
         for defense, seeds in self.seeds.items():
+            if defense not in DEFENSES and defense not in self.variants:
+                raise ValueError(f"seeds.{defense}: not a defense ({', '.join(DEFENSES)}) nor a variant")
             if len(set(seeds)) != len(seeds) or any(x < 0 for x in seeds):
                 raise ValueError(f"seeds.{defense}: seeds must be distinct and >= 0")
         return self
@@ -451,6 +475,28 @@ with warnings.catch_warnings():
             # rows detect sets aside (and distill validates on), so it cannot run without them.
             if self.tune.mode == "blind" and self.detect.holdout == 0:
                 raise ValueError("tune.mode=blind measures the proxy ASR on detect.holdout rows: set detect.holdout > 0")
+            return self
+
+        @model_validator(mode="after")
+        def _variants_valid(self) -> "Params":
+            # Each variant must itself be a valid setting (bounds, literals, cross-knob rules), checked
+            # at load time rather than hours into a grid. Validated without the compare section, whose
+            # own validation would apply the variants again.
+            base = self.model_dump(mode="json")
+            base["compare"] = {}
+            for name, overrides in self.compare.variants.items():
+                data = json.loads(json.dumps(base))
+                for key, value in overrides.items():
+                    try:
+                        _set_dotted(data, key, value)
+                    except (KeyError, TypeError):
+                        raise ValueError(f"compare.variants.{name}.{key}: no such knob") from None
+                try:
+                    Params.model_validate(data)
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    loc = ".".join(str(p) for p in first["loc"])
+                    raise ValueError(f"compare.variants.{name}: {loc}: {first['msg']}") from None
             return self
 
         @property

@@ -2,8 +2,9 @@
 
 Writes reports/comparison.json (one row per dataset x attack x defense, means over seeds),
 the per-seed runs and a Markdown table; logs one MLflow run per defense x seed under the
-experiment ``bedkd/compare``. Finished runs are cached (BEDKD_CACHE_DIR/compare): re-running
-after an interruption resumes.
+experiment ``bedkd/compare``. Finished runs are JSON records in a record store (``--records``,
+reports/compare/records, tracked by git): re-running after an interruption, or on another machine
+from a clone, resumes; victims and clean models are cached in BEDKD_CACHE_DIR.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("reports/comparison.json"))
     p.add_argument("--runs", type=Path, default=Path("reports/compare/runs.json"))
     p.add_argument("--table", type=Path, default=Path("reports/compare/comparison.md"))
+    p.add_argument(
+        "--records", type=Path, default=Path("reports/compare/records"),
+        help="record store: one JSON record per finished run, kept in git so a grid resumes on any machine",
+    )
     p.add_argument("--cached-only", action="store_true", help="train nothing: tabulate the finished runs, list the missing ones")
     args = p.parse_args(argv)
     params = load_params(args.params)
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     missing: list[str] = []
     records = run_grid(
         params, settings.data_dir, cache, runtime, victim_for, None if args.cached_only else on_record,
-        cached_only=args.cached_only, on_missing=missing.append,
+        records=args.records, cached_only=args.cached_only, on_missing=missing.append,
     )
     for m in missing:
         log.warning("not run (left out of the table): %s", m)

@@ -58,10 +58,13 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
             "distill.cycles": 2,
             "distill.batch_size": 8,
             "compare.cells": ["sst-2/badnets"],
-            "compare.seeds": {"clean": [0], "finetune": [0], "kd": [0], "released": [0], "bedkd": [0, 1]},
+            "compare.seeds": {"clean": [0], "finetune": [0], "kd": [0], "released": [0], "bedkd": [0, 1], "bedkd-same": [0], "bedkd-one": [0]},
+            # a variant equal to params.yaml's bedkd shares its record; another setting runs as its own row
+            "compare.variants": {"bedkd-same": {"distill.cycles": 2}, "bedkd-one": {"distill.cycles": 1, "distill.redetect": 0}},
             "compare.finetune.epochs": 1,
         },
     )
+    store = tmp_path / "records"
     runtime = resolve_runtime()
     seen: list[str] = []
 
@@ -70,8 +73,8 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
         assert "is_poisoned" not in ctx.data.train.columns
         return ctx.victim(cp)
 
-    records = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for, lambda r: seen.append(r.defense))
-    assert seen == ["clean", "finetune", "kd", "released", "bedkd", "bedkd"]
+    records = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for, lambda r: seen.append(r.defense), records=store)
+    assert seen == ["clean", "finetune", "kd", "released", "bedkd", "bedkd", "bedkd-one"]
     by = {(r.defense, r.seed): r for r in records}
     for r in records:
         assert 0.0 <= r.student_cacc <= 1.0 and 0.0 <= r.student_asr <= 1.0 and r.wall_s > 0
@@ -86,6 +89,9 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
     # released runs the released settings whatever params.yaml says (50 cycles, last one kept)
     assert by[("kd", 0)].chosen_cycle == 2 and by[("released", 0)].chosen_cycle == 50
     assert 1 <= by[("bedkd", 0)].chosen_cycle <= 2
+    same, one = by[("bedkd-same", 0)], by[("bedkd-one", 0)]
+    assert {**same.__dict__, "defense": "bedkd"} == by[("bedkd", 0)].__dict__  # read from bedkd's record, relabelled
+    assert one.chosen_cycle == 1 and one.val_history is not None and len(one.val_history) == 1 + 1  # its own params: 1 cycle, 1 round
     # the defender's validation is kept per cycle: victim (cycle 0) + each cycle, per AKD round
     bk, rel = by[("bedkd", 0)], by[("released", 0)]
     assert bk.val_history is not None and len(bk.val_history) == 2 * (1 + 2)  # redetect 1: two rounds
@@ -96,9 +102,15 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
         assert by[(d, 0)].val_acc is None and by[(d, 0)].val_history is None
     # Each detecting run leaves its rows' per-round scores beside its record; the last round's
     # grade recomputed from that file is the record's.
-    cached = tmp_path / "cache" / "compare"
-    frames = {"".join(p.name.removeprefix("sst-2-badnets-").split("-")[:2]): pd.read_parquet(p) for p in cached.glob("*.scores.parquet")}
+    assert not (tmp_path / "cache" / "compare").exists()  # records go to the store, models stay in the cache
+    cached = store
+    one_key = compare.run_key(compare.cell_params(params, "sst-2/badnets"), "bedkd-one", 0, compare.victim_key(compare.cell_params(params, "sst-2/badnets")))
+    frames = {
+        "".join(p.name.removeprefix("sst-2-badnets-").split("-")[:2]): pd.read_parquet(p)
+        for p in cached.glob("*.scores.parquet") if one_key not in p.name
+    }
     assert sorted(frames) == ["bedkd0", "bedkd1", "released0"]
+    assert len(list(cached.glob("*.json"))) == 7  # 8 grid entries: bedkd-same shares bedkd seed 0's record
     for key, rounds in (("bedkd0", 2), ("released0", 1)):
         f, rec = frames[key], by[(key[:-1], 0)]
         assert list(f.columns) == ["label", "is_poisoned"] + [c for k in range(1, rounds + 1) for c in (f"score_r{k}", f"selected_r{k}")]
@@ -112,15 +124,16 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
         raise AssertionError("run_defense called on a cached run")
 
     monkeypatch.setattr(compare, "run_defense", boom)
-    again = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for)
+    again = run_grid(params, data_dir, tmp_path / "cache", runtime, victim_for, records=store)
     assert [json.dumps(r.__dict__, sort_keys=True) for r in again] == [json.dumps(r.__dict__, sort_keys=True) for r in records]
     rows = aggregate(again)
-    assert len(rows) == 5 and rows[-1]["seeds"] == [0, 1]
+    assert [r["defense"] for r in rows] == ["clean", "finetune", "kd", "released", "bedkd", "bedkd-same", "bedkd-one"]
+    assert rows[4]["seeds"] == [0, 1]
 
     # cached_only tabulates what exists and reports the rest without training anything.
     more = with_overrides(params, {"compare.seeds": {"bedkd": [0, 1, 2], "kd": [0]}})
     missing: list[str] = []
-    part = run_grid(more, data_dir, tmp_path / "cache", runtime, victim_for, cached_only=True, on_missing=missing.append)
+    part = run_grid(more, data_dir, tmp_path / "cache", runtime, victim_for, records=store, cached_only=True, on_missing=missing.append)
     assert [(r.defense, r.seed) for r in part] == [("bedkd", 0), ("bedkd", 1), ("kd", 0)]
     assert missing == ["sst-2/badnets bedkd seed 2"]
 
@@ -173,6 +186,27 @@ def test_run_keys_follow_what_each_defense_reads() -> None:
     assert key(wider, "bedkd") not in (key(p, "bedkd"), key(budget, "bedkd")) and key(wider, "kd") == key(p, "kd")  # kd keeps the last cycle
     meaned = with_overrides(p, {"distill.redetect_score": "mean"})
     assert key(meaned, "bedkd") not in (key(p, "bedkd"), key(wider, "bedkd")) and key(meaned, "kd") == key(p, "kd")  # kd never redetects
+    # a compare.variants entry is keyed as the bedkd run of its params: equal settings share a record
+    v = with_overrides(p, {"compare.variants": {**p.compare.variants, "bedkd-short": {"distill.cycles": 3}, "bedkd-same": {}}})
+    assert key(v, "bedkd-short") == key(with_overrides(p, {"distill.cycles": 3}), "bedkd") != key(v, "bedkd")
+    assert key(v, "bedkd-same") == key(v, "bedkd") == key(p, "bedkd")
+    with pytest.raises(ValueError, match="unknown defense"):
+        key(p, "bedkd-short")
     shifted = with_overrides(p, {"detect.score": "shift"})
     narrow = with_overrides(p, {"detect.score": "shift", "detect.shift_dims": 16})
     assert len({key(q, "bedkd") for q in (p, shifted, narrow)}) == 3 and key(shifted, "kd") == key(p, "kd")
+
+
+def test_the_committed_table_is_what_the_record_store_holds(tmp_path: Path) -> None:
+    """reports/comparison.json is the cached-only grid over reports/compare/records: every row
+    comes from a committed run record, and every record of params.yaml's grid is in the table."""
+    root = Path(__file__).resolve().parents[1]
+    missing: list[str] = []
+    records = run_grid(
+        load_params(root / "params.yaml"), tmp_path, tmp_path / "cache", resolve_runtime(), lambda *a: None,  # type: ignore[arg-type,return-value]
+        records=root / "reports" / "compare" / "records", cached_only=True, on_missing=missing.append,
+    )
+    table = json.loads((root / "reports" / "comparison.json").read_text())
+    assert json.loads(json.dumps(aggregate(records))) == table
+    assert len(records) == len(list((root / "reports" / "compare" / "records").glob("*.json")))  # no orphan record
+    assert not (tmp_path / "cache").exists()  # tabulating trains and writes nothing

@@ -57,6 +57,14 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"compare.cells": ["sst-2/badnet"]}, "compare.cells"),
         ({"compare.seeds": {"bedkd": [0, 0]}}, "compare.seeds"),
         ({"compare.seeds": {"bedkd2": [0]}}, "compare.seeds"),
+        ({"compare.variants": {"kd": {"distill.cycles": 3}}}, "compare.variants"),  # a built-in name
+        ({"compare.variants": {"Bedkd_X": {"distill.cycles": 3}}}, "compare.variants"),
+        ({"compare.variants": {"x": {"data.dataset": "olid"}}}, "compare.variants"),  # the cell is not the method
+        ({"compare.variants": {"x": {"detect.flip_per_class": 40}}}, "compare.variants"),  # nor the budget
+        ({"compare.variants": {"x": {"distill.cycles": 0}}}, "compare.variants"),  # each variant validated
+        ({"compare.variants": {"x": {"distill.schedule": "joint", "distill.punish": "ascent"}}}, "compare.variants"),
+        ({"compare.variants": {"x": {"detect.scor": "shift"}}}, "compare.variants"),  # a typo
+        ({"compare.variants": {"x": {"detect.loss.alpha.y": 1}}}, "compare.variants"),
     ],
 )
 def test_bad_switch_values_are_errors(override: dict, field: str) -> None:

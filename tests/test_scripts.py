@@ -151,3 +151,36 @@ def test_round_scores_grades_each_round_and_their_combinations(tmp_path: Path) -
     # the equal-weight rank mean puts row 2 (ranks 3 and 4 of 5) ahead of row 3 (4 and 3): tie -> 0.5 credit
     assert rec["rank_r1_r2_w0.5"]["fit_target"] == round(5.5 / 6, 4)
     assert rec["mean_r1_r2"]["fit_target"] == 1.0  # 0.375 < 0.5 in the score means
+
+
+def test_import_records_files_runs_by_their_run_key_and_refuses_conflicts(tmp_path: Path) -> None:
+    """Records of runs made before the store existed go where the harness itself would have put
+    them (the committed store holds the same file names); a second import changes nothing, and a
+    record that disagrees with the stored run is refused without writing anything."""
+    runs = json.loads((ROOT / "reports" / "compare" / "runs.json").read_text())
+    picked = [r for r in runs if r["dataset"] == "sst-2" and r["attack"] == "style" and r["defense"] in ("bedkd", "kd")]
+    src = tmp_path / "runs.json"
+    src.write_text(json.dumps(picked))
+    store = tmp_path / "records"
+
+    def imp(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "scripts/import_records.py", "--records", str(store), *args]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+    assert imp("--source", str(src)).returncode == 0
+    names = sorted(p.name for p in store.glob("*.json"))
+    assert len(names) == len(picked) == 4 and all((ROOT / "reports" / "compare" / "records" / n).is_file() for n in names)
+    assert imp("--source", str(src)).stderr.strip().endswith("0 records filed")
+    # a bedkd run filed as a variant lands under that variant's key; a kd run cannot be one
+    variant = [r for r in picked if r["defense"] == "bedkd"][:1]
+    src.write_text(json.dumps(variant))
+    assert imp("--defense", "bedkd-shift", "--source", str(src)).returncode == 0
+    assert len(list(store.glob("*.json"))) == 5
+    src.write_text(json.dumps([r for r in picked if r["defense"] == "kd"]))
+    assert "cannot be filed as bedkd-shift" in imp("--defense", "bedkd-shift", "--source", str(src)).stderr
+    # other results for a stored run: refused, nothing written
+    src.write_text(json.dumps([{**picked[0], "student_asr": 0.5}]))
+    before = {p.name: p.read_bytes() for p in store.glob("*.json")}
+    bad = imp("--source", str(src))
+    assert bad.returncode != 0 and "other results (student_asr)" in bad.stderr
+    assert {p.name: p.read_bytes() for p in store.glob("*.json")} == before

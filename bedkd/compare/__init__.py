@@ -7,7 +7,9 @@ Defenses (``bedkd.config.DEFENSES``):
 - ``finetune``: CE fine-tuning of the victim on the defender's clean rows only;
 - ``kd``: AKD's trust distillation only (the ``bedkd`` distill settings, no punish, last cycle);
 - ``released``: the faithful BeDKD (``bedkd.config.released``);
-- ``bedkd``: the improved mode, i.e. the ``detect``/``distill`` sections of params.yaml.
+- ``bedkd``: the improved mode, i.e. the ``detect``/``distill`` sections of params.yaml;
+- ``compare.variants``: named other settings of ``bedkd`` (``detect.*`` / ``distill.*`` overrides),
+  each a row of its own.
 
 Every defense draws the same defender pools for a seed (80 flipped + 320 clean rows per class by
 default). Ground truth (``is_poisoned``) is read here only to grade the detector afterwards; the
@@ -22,7 +24,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +80,16 @@ def defense_params(params: Params, defense: str, seed: int) -> Params:
         return released(p)
     if defense == "kd":
         return with_overrides(p, {"distill.punish_weight": 0.0, "distill.select": "last"})
+    if defense in params.compare.variants:
+        return with_overrides(p, params.compare.variants[defense], where=f"compare.variants.{defense}")
+    if defense != "bedkd" and defense not in ("clean", "finetune"):
+        raise ValueError(f"unknown defense {defense!r}: not one of clean, finetune, kd, released, bedkd nor a compare.variants name")
     return p
+
+
+def method_of(params: Params, defense: str) -> str:
+    """The defense a run actually executes: a ``compare.variants`` entry is a ``bedkd`` run of other params."""
+    return "bedkd" if defense in params.compare.variants else defense
 
 
 def clean_model_key(params: Params) -> str:
@@ -279,7 +290,7 @@ def defend(
     if defense == "kd":  # trust passes only, nothing punished
         out = akd(cell.victim, clean, clean.iloc[:0], p.distill, runtime, seed, p.model.max_length)
         return Defended(student=out.student, wall_s=time.perf_counter() - t0, chosen_cycle=out.chosen_cycle)
-    # released / bedkd
+    # released / bedkd (and its compare.variants, whose params p already holds)
     flip = flipped_set(cell.clean_train, pools.dmm, p.num_classes, p.detect.flip_ratio, seed)
     res = detect(
         cell.victim, cell.train, flip, p.detect, runtime, seed, p.model.max_length, p.evaluate.batch_size,
@@ -345,6 +356,7 @@ def run_defense(
 def run_key(params: Params, defense: str, seed: int, victim_key: str) -> str:
     """Cache key of one run: the cell, the victim and everything the defense reads."""
     p = defense_params(params, defense, seed)
+    defense = method_of(params, defense)  # a variant is keyed as the bedkd run it is: same params, same key
     full = p.model_dump(mode="json")
     for section, name in KEY_OFF:  # an option added later, while off, reads nothing: keep older keys
         if full[section][name] == KEY_OFF[(section, name)]:
@@ -439,6 +451,21 @@ def render_markdown(rows: Sequence[dict[str, object]]) -> str:
 
 
 
+def record_path(records: Path, cell_params_: Params, defense: str, seed: int, victim: str) -> Path:
+    """Where the record of one run lives in the record store ``records``: named by the run it is
+    (a variant's by ``bedkd``) and its :func:`run_key`, so a record is found by content."""
+    cp = cell_params_
+    key = run_key(cp, defense, seed, victim)
+    return records / f"{cp.data.dataset}-{cp.poison.attack}-{method_of(cp, defense)}-{seed}-{key}.json"
+
+
+def store_record(records: Path, cell_params_: Params, rec: RunRecord, victim: str) -> Path:
+    """Write ``rec`` (a run of ``cell_params_``' cell) into the record store, atomically; returns its path."""
+    path = record_path(records, cell_params_, rec.defense, rec.seed, victim)
+    write_json(path, asdict(rec))
+    return path
+
+
 def run_grid(
     params: Params,
     data_dir: Path,
@@ -447,19 +474,23 @@ def run_grid(
     victim_for: Callable[[Params, Path], Classifier],
     on_record: Callable[[RunRecord], None] | None = None,
     *,
+    records: Path | None = None,
     cached_only: bool = False,
     on_missing: Callable[[str], None] | None = None,
 ) -> list[RunRecord]:
-    """Every cell x defense x seed of ``params.compare``; each finished run is cached as JSON
-    under ``cache_dir/compare`` so an interrupted grid resumes where it stopped, with its rows'
-    per-round scores beside it (``<record>.scores.parquet``, :func:`round_frame`) when it detects.
+    """Every cell x defense x seed of ``params.compare``. Each finished run is a JSON record in
+    the record store ``records`` (default ``cache_dir/compare``; the project keeps its store in git,
+    ``reports/compare/records``), so an interrupted grid resumes where it stopped, on this machine
+    or another; its rows' per-round scores go beside it (``<record>.scores.parquet``,
+    :func:`round_frame`) when it detects. Victims, cells and clean models stay in ``cache_dir``.
 
     ``on_record`` is called for each newly computed run. ``victim_for(cell_params, cell_folder)`` trains or loads the cell's victim (only called when a
     run has to be computed). ``cached_only``: compute nothing, return the finished runs and report
     each missing one to ``on_missing`` (a table of an unfinished grid).
     """
     machine = machine_name(runtime)
-    records: list[RunRecord] = []
+    store = cache_dir / "compare" if records is None else records
+    out: list[RunRecord] = []
     for cell_name in params.compare.cells:
         cp = cell_params(params, cell_name)
         vkey = victim_key(cp)
@@ -467,9 +498,11 @@ def run_grid(
         cell: Cell | None = None
         for defense, seeds in params.compare.seeds.items():
             for seed in seeds:
-                path = cache_dir / "compare" / f"{cp.data.dataset}-{cp.poison.attack}-{defense}-{seed}-{run_key(cp, defense, seed, vkey)}.json"
+                path = record_path(store, cp, defense, seed, vkey)
                 if path.is_file():
-                    rec = RunRecord(**read_json(path))
+                    # The stored record may have been written under another name of the same run
+                    # (a variant equal to params.yaml): the table labels it by this grid's name.
+                    rec = replace(RunRecord(**read_json(path)), defense=defense)
                 elif cached_only:
                     if on_missing is not None:
                         on_missing(f"{cell_name} {defense} seed {seed}")
@@ -479,8 +512,8 @@ def run_grid(
                         folder = materialise_cell(cp, data_dir, cache_dir / "cells")
                         cell = load_cell(cp, folder, victim_for(cp, folder), runtime)
                     rec = run_defense(cell, defense, seed, runtime, machine, cache_dir, path.with_suffix(".scores.parquet"))
-                    write_json(path, asdict(rec))
+                    store_record(store, cp, rec, vkey)
                     if on_record is not None:  # new runs only: a resumed grid logs nothing twice
                         on_record(rec)
-                records.append(rec)
-    return records
+                out.append(rec)
+    return out
