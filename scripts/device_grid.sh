@@ -5,7 +5,8 @@
 # (PAYLOAD, made by scripts/device_payload.sh): cp312 wheels of the pydantic stack, the corpora as
 # data.tar.xz, the backbone and, when there is one, the last call's records.tgz (the grid resumes
 # from it). Phases run most-wanted first, each under what is left of
-# BUDGET_S; every finished run is cached as JSON the moment it ends, so a phase cut off by the
+# BUDGET_S; every finished run is a JSON record (here in $BEDKD_CACHE_DIR/compare, its own store:
+# GPU victims are keyed apart from the CPU table's) the moment it ends, so a phase cut off by the
 # budget loses only the run in flight. Whatever finished is then tabulated with --cached-only
 # (the missing runs are listed in the log) and written under OUT:
 #   comparison.{json,md}, runs.json        the default params.yaml grid
@@ -90,13 +91,13 @@ for phase in 1-agnews-probe 2-agnews-bedkd 3-agnews-baselines 4-rest 5-seeds; do
     if [ "$budget" -le 20 ]; then echo "phase $phase: skipped, budget spent"; continue; fi
     echo "phase $phase: start at +$(( $(date +%s) - START )) s, $budget s left"
     timeout --signal=TERM "$budget" "$PYTHON" -m pipelines.compare --params "$WORK/params/$phase.yaml" \
-        --out "$WORK/$phase.json" --runs "$WORK/$phase-runs.json" --table "$WORK/$phase.md"
+        --records "$BEDKD_CACHE_DIR/compare" --out "$WORK/$phase.json" --runs "$WORK/$phase-runs.json" --table "$WORK/$phase.md"
     echo "phase $phase: rc $? at +$(( $(date +%s) - START )) s"
 done
 
-"$PYTHON" -m pipelines.compare --params "$WORK/params/grid.yaml" --cached-only \
+"$PYTHON" -m pipelines.compare --params "$WORK/params/grid.yaml" --cached-only --records "$BEDKD_CACHE_DIR/compare" \
     --out "$OUT/comparison.json" --runs "$OUT/runs.json" --table "$OUT/comparison.md"
-"$PYTHON" -m pipelines.compare --params "$WORK/params/probe.yaml" --cached-only \
+"$PYTHON" -m pipelines.compare --params "$WORK/params/probe.yaml" --cached-only --records "$BEDKD_CACHE_DIR/compare" \
     --out "$OUT/probe-comparison.json" --runs "$OUT/probe-runs.json" --table "$OUT/probe-comparison.md"
 mkdir -p "$BEDKD_CACHE_DIR/compare"
 tar -C "$BEDKD_CACHE_DIR" -czf "$OUT/records.tgz" compare
