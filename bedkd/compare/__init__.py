@@ -451,17 +451,16 @@ def render_markdown(rows: Sequence[dict[str, object]]) -> str:
 
 
 
-def record_path(records: Path, cell_params_: Params, defense: str, seed: int, victim: str) -> Path:
-    """Where the record of one run lives in the record store ``records``: named by the run it is
-    (a variant's by ``bedkd``) and its :func:`run_key`, so a record is found by content."""
-    cp = cell_params_
+def record_path(records: Path, cp: Params, defense: str, seed: int, victim: str) -> Path:
+    """Where the record of one run of the cell ``cp`` lives in the record store ``records``: named by
+    the run it is (a variant's by ``bedkd``) and its :func:`run_key`, so a record is found by content."""
     key = run_key(cp, defense, seed, victim)
     return records / f"{cp.data.dataset}-{cp.poison.attack}-{method_of(cp, defense)}-{seed}-{key}.json"
 
 
-def store_record(records: Path, cell_params_: Params, rec: RunRecord, victim: str) -> Path:
-    """Write ``rec`` (a run of ``cell_params_``' cell) into the record store, atomically; returns its path."""
-    path = record_path(records, cell_params_, rec.defense, rec.seed, victim)
+def store_record(records: Path, cp: Params, rec: RunRecord, victim: str) -> Path:
+    """Write ``rec`` (a run of the cell ``cp``) into the record store, atomically; returns its path."""
+    path = record_path(records, cp, rec.defense, rec.seed, victim)
     write_json(path, asdict(rec))
     return path
 
