@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from bedkd.compare import RunRecord, cell_params, method_of, record_path, store_record
@@ -64,7 +64,7 @@ def plan(params: Params, defense: str | None, rows: list[dict[str, object]], rec
         if cell not in params.compare.cells:
             raise ValueError(f"{where}[{i}]: cell {cell} is not in compare.cells")
         cp = cell_params(params, cell)
-        rec = RunRecord(**{**asdict(rec), "defense": name})
+        rec = replace(rec, defense=name)
         vkey = victim_key(cp)
         path = record_path(records, cp, name, rec.seed, vkey)
         if path.is_file():
@@ -86,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     todo: dict[Path, tuple[RunRecord, Params, str]] = {}
-    for spec in args.source:
-        for path, rec, cp, vkey in plan(params, args.defense, read_source(spec), args.records, spec):
-            if path in todo and _results(todo[path][0]) != _results(rec):
-                raise ValueError(f"{spec}: {path.name} comes twice with other results")
-            todo.setdefault(path, (rec, cp, vkey))
+    try:
+        for spec in args.source:
+            for path, rec, cp, vkey in plan(params, args.defense, read_source(spec), args.records, spec):
+                if path in todo and _results(todo[path][0]) != _results(rec):
+                    raise ValueError(f"{spec}: {path.name} comes twice with other results")
+                todo.setdefault(path, (rec, cp, vkey))
+    except (ValueError, KeyError, TypeError, OSError) as e:  # bad input: one line, nothing written
+        print(f"import_records: {e}", file=sys.stderr)
+        return 2
     for path, (rec, cp, vkey) in todo.items():
         written = store_record(args.records, cp, rec, vkey)
         assert written == path
