@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import bedkd.compare as compare
 from bedkd.compare import RunRecord, aggregate, render_markdown, run_grid
 from bedkd.config import Params, load_params, with_overrides
 from bedkd.metrics import detection_metrics
-from bedkd.runtime import resolve_runtime
+from bedkd.runtime import Runtime, resolve_runtime
 from bedkd.tune import Data, TuneContext
 
 
@@ -22,6 +23,13 @@ def _record(defense: str, seed: int, asr: float, cacc: float, auroc: float | Non
         student_cacc=cacc, student_asr=asr, detect_auroc=auroc, detect_precision=None if auroc is None else 0.9,
         detect_recall=None if auroc is None else 0.3, n_kept=None, chosen_cycle=None, wall_s=10.0 + seed, machine="m",
     )
+
+
+def test_machine_name_says_the_numerics() -> None:
+    """A record names the precision it ran in: fp32 and bf16-autocast victims of one key differ."""
+    cpu = torch.device("cpu")
+    assert compare.machine_name(Runtime(cpu, None, False)).endswith("threads, fp32")
+    assert compare.machine_name(Runtime(cpu, torch.bfloat16, False)).endswith("threads, bfloat16 autocast")
 
 
 def test_aggregate_means_and_sample_std_over_seeds() -> None:

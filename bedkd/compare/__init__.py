@@ -54,9 +54,11 @@ ROW_KEYS = (
 
 
 def machine_name(runtime: Runtime) -> str:
-    """A short description of where the numbers came from."""
+    """A short description of where the numbers came from, numerics included: a victim retrained
+    in fp32 on a CPU without native bf16 differs in its last digits from a bf16-autocast one."""
+    numerics = "fp32" if runtime.amp_dtype is None else f"{str(runtime.amp_dtype).removeprefix('torch.')} autocast"
     if runtime.device.type == "cuda":
-        return f"{torch.cuda.get_device_name(runtime.device)}, {os.cpu_count()} CPU cores"
+        return f"{torch.cuda.get_device_name(runtime.device)}, {os.cpu_count()} CPU cores, {numerics}"
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -65,7 +67,7 @@ def machine_name(runtime: Runtime) -> str:
                 break
     except OSError:
         pass
-    return f"CPU only: {model}, {torch.get_num_threads()} threads"
+    return f"CPU only: {model}, {torch.get_num_threads()} threads, {numerics}"
 
 
 def cell_params(params: Params, cell: str) -> Params:
