@@ -38,6 +38,9 @@ state = load_file(src / "model.safetensors")
 save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, dst / "model.safetensors", metadata={"format": "pt"})
 print(f"{dst}: {sum(f.stat().st_size for f in dst.iterdir()) / 2**20:.1f} MiB")
 EOF
-# The last GPU call's finished runs, so the next one resumes the grid instead of redoing them.
-if [ -f reports/compare/gpu-h100/records.tgz ]; then cp reports/compare/gpu-h100/records.tgz "$PAYLOAD/"; fi
+# The last GPU call's finished runs, so the next one resumes the grid instead of redoing them
+# (RESUME: the records.tgz of the same GPU kind; victims retrained on another kind may differ).
+RESUME=${RESUME:-reports/compare/gpu-h200/records.tgz}
+rm -f "$PAYLOAD/records.tgz"
+if [ -f "$RESUME" ]; then cp "$RESUME" "$PAYLOAD/"; fi
 du -sh "$PAYLOAD"

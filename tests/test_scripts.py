@@ -90,36 +90,42 @@ def test_selection_signals_traces_every_akd_cycle_of_the_harness_run(tmp_path: P
 
 
 def test_device_grid_tabulates_what_finished_when_its_budget_is_spent(tmp_path: Path) -> None:
-    """scripts/device_grid.sh with no budget left: every phase is skipped, and the tables, the
+    """scripts/device_grid.sh with no budget left: every queued run is skipped, and the table, the
     list of missing runs and the records archive are still written (what a cut-off GPU call
-    brings back). The phase params files are valid params (the --cached-only runs load them)."""
+    brings back). The queue's params files are valid params (the --cached-only run loads the grid's)."""
     import yaml
 
     payload = tmp_path / "payload"
     (payload / "whl").mkdir(parents=True)
-    (tmp_path / "data").mkdir()  # no phase runs, so an empty corpus archive will do
+    (tmp_path / "data").mkdir()  # nothing runs, so an empty corpus archive will do
     subprocess.run(["tar", "-C", str(tmp_path), "-cJf", str(payload / "data.tar.xz"), "data"], check=True)
     (tmp_path / "last" / "compare").mkdir(parents=True)  # an earlier call's finished run
     (tmp_path / "last" / "compare" / "agnews-addsent-bedkd-0-0123456789abcdef.json").write_text("{}")
     subprocess.run(["tar", "-C", str(tmp_path / "last"), "-czf", str(payload / "records.tgz"), "compare"], check=True)
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir()
-    env = {**os.environ, "OUT": str(out), "PAYLOAD": str(payload), "WORK": str(work), "BUDGET_S": "0", "PYTHON": sys.executable,
-           "BEDKD_PROGRESS": "false"}
+    env = {**os.environ, "OUT": str(out), "PAYLOAD": str(payload), "WORK": str(work), "BUDGET_S": "0", "JOBS": "3",
+           "PYTHON": sys.executable, "BEDKD_PROGRESS": "false"}
     subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     assert json.loads((out / "comparison.json").read_text()) == []
-    assert json.loads((out / "probe-runs.json").read_text()) == []
+    assert json.loads((out / "runs.json").read_text()) == []
     with tarfile.open(out / "records.tgz") as tar:  # the resumed record travels back with the new ones
         assert "compare/agnews-addsent-bedkd-0-0123456789abcdef.json" in tar.getnames()
     log = (out / "log.txt").read_text()
     assert "resumed: 1 finished runs" in log
-    assert "phase 1-agnews-probe: skipped, budget spent" in log
-    assert "not run (left out of the table): agnews/addsent bedkd seed 2" in log
-    assert "not run (left out of the table): sst-2/badnets released seed 2" in log
-    probe = yaml.safe_load((work / "params" / "probe.yaml").read_text())
-    assert probe["detect"]["label_filter"] == "probe" and probe["detect"]["reference_quantile"] == 0.1
+    assert "queue: 48 runs over agnews/addsent, agnews/badnets, agnews/style" in log
+    assert "job 000-agnews-addsent-bedkd-shift-mean-s0: skipped, budget spent" in log
+    assert "not run (left out of the table): agnews/style bedkd-probe seed 2" in log
+    # queue order: the strongest variant's first seed on every cell, then the probe variant on addsent
+    jobs = sorted(f.name for f in (work / "jobs").iterdir())
+    assert jobs[:4] == [
+        "000-agnews-addsent-bedkd-shift-mean-s0.yaml", "001-agnews-badnets-bedkd-shift-mean-s0.yaml",
+        "002-agnews-style-bedkd-shift-mean-s0.yaml", "003-agnews-addsent-bedkd-shift-mean-probe-s0.yaml",
+    ]
+    probe = yaml.safe_load((work / "jobs" / jobs[3]).read_text())
+    assert probe["compare"]["cells"] == ["agnews/addsent"] and probe["compare"]["seeds"] == {"bedkd-shift-mean-probe": [0]}
+    assert probe["compare"]["variants"]["bedkd-shift-mean-probe"]["detect.label_filter"] == "probe"
     assert probe["model"]["backbone"] == f"{payload}/all-MiniLM-L6-v2-fp16"
-    assert probe["compare"]["cells"] == ["agnews/addsent"]
 
 
 def test_round_scores_grades_each_round_and_their_combinations(tmp_path: Path) -> None:
