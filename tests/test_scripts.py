@@ -126,6 +126,10 @@ def test_device_grid_tabulates_what_finished_when_its_budget_is_spent(tmp_path: 
     assert probe["compare"]["cells"] == ["agnews/addsent"] and probe["compare"]["seeds"] == {"bedkd-shift-mean-probe": [0]}
     assert probe["compare"]["variants"]["bedkd-shift-mean-probe"]["detect.label_filter"] == "probe"
     assert probe["model"]["backbone"] == f"{payload}/all-MiniLM-L6-v2-fp16"
+    # a second call on the same (warm) machine and WORK queues its own cells only
+    subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env={**env, "CELLS": "agnews/addsent"}, check=True, capture_output=True, text=True)
+    again = sorted(f.name for f in (work / "jobs").iterdir())
+    assert len(again) == 16 and all("-agnews-addsent-" in f for f in again)
 
 
 def test_round_scores_grades_each_round_and_their_combinations(tmp_path: Path) -> None:
