@@ -7,7 +7,7 @@
 # from it). The grid is a queue of single runs (cell x defense x seed), most-wanted first, that
 # JOBS workers take in order (several processes share the GPU: one all-MiniLM-L6-v2 run uses
 # little of it, but the runs also share the 16 CPU cores and slow each other: see JOBS). Each job
-# is its own process and loads its cell and victim itself (seconds, against minutes of training).
+# is its own process and loads its cell and victim itself (a cost not measured separately).
 # Victims, cells and the clean model are trained once, under the harness's file locks (a worker
 # that needs one another worker is training waits for it). Each worker's run gets what is left of BUDGET_S; every finished run is
 # a JSON record (in $BEDKD_CACHE_DIR/compare, its own store: GPU victims are keyed apart from
