@@ -29,8 +29,8 @@ set -uo pipefail
 PAYLOAD=${PAYLOAD:-.device}
 PYTHON=${PYTHON:-python3}  # the GPU image's python3 holds torch
 BUDGET_S=${BUDGET_S:-530}
-# Workers sharing the GPU. Measured on an H200 (2026-12-04): with 8, every run took ~4x as long
-# as alone (the clean model 94 s against 24 s alone on an H100), so the long runs at the head
+# Workers sharing the GPU. Measured on an H200 (2026-12-04): with 8, the clean model took 94 s
+# against 24 s alone on an H100 (the one solo reference: ~4x, across GPUs), so the long runs at the head
 # of the queue (bedkd-shift-mean on agnews) did not finish within a 540 s budget; 3 is a guess
 # between that and 1, not a measured optimum.
 JOBS=${JOBS:-3}
