@@ -18,6 +18,18 @@ def test_repo_params_are_valid() -> None:
     assert p.detect.loss.temperature == 1.5 and p.distill.loss.temperature == 2.5
 
 
+def test_test_harness_params_are_valid(tmp_path: Path) -> None:
+    # The slow tests run dvc repro on params.yaml under tests.project.TINY (released selection among
+    # others): every compare variant must stay valid on that base too, or the slow suite fails at
+    # its first stage (it did once: a variant leaned on params.yaml's detect.selection).
+    from tests.project import tiny_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(tiny_params(tmp_path / "backbone"))
+    p = load_params(path)
+    assert p.detect.selection == "released" and p.compare.variants == load_params(ROOT / "params.yaml").compare.variants
+
+
 @pytest.mark.parametrize(
     ("text", "field"),
     [
