@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def test_aggregate_means_and_sample_std_over_seeds() -> None:
     md = render_markdown(rows)
     assert "| sst-2 | badnets | bedkd | 2 | 90.0 / 100.0 | 89.0 ± 1.4 | 1.0 ± 1.4 | 0.980 |" in md
     assert "| sst-2 | badnets | kd | 1 |" in md and "| - | - |" in md
+
+
+def test_aggregate_means_victims_and_lists_machines_when_a_victim_was_retrained() -> None:
+    """Seeds defended from victims retrained on two boxes: the row shows the mean victim, not the first."""
+    a = _record("bedkd", 0, 0.0, 0.90, 0.99)
+    b = dataclasses.replace(_record("bedkd", 1, 0.0, 0.88, 0.97), victim_cacc=0.8, machine="other")
+    (row,) = aggregate([a, b])
+    assert row["victim_cacc"] == pytest.approx(0.85) and row["victim_asr"] == pytest.approx(1.0)
+    assert row["machine"] == "m; other"
+    assert aggregate([a])[0]["machine"] == "m"
 
 
 @pytest.mark.slow

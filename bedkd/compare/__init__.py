@@ -397,7 +397,11 @@ def _std(xs: Sequence[float]) -> float:
 
 
 def aggregate(records: Sequence[RunRecord]) -> list[dict[str, object]]:
-    """One row per dataset x attack x defense: means over seeds, sample std of student metrics."""
+    """One row per dataset x attack x defense: means over seeds, sample std of student metrics.
+
+    Victim metrics are means too: a record carries the victim it was defended from, and a victim
+    retrained on another box (the cache is per machine) can differ in its last digits; ``machine``
+    lists every box of the row's runs."""
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for r in records:
         groups.setdefault((r.dataset, r.attack, r.defense), []).append(r)
@@ -409,8 +413,8 @@ def aggregate(records: Sequence[RunRecord]) -> list[dict[str, object]]:
                 "attack": attack,
                 "defense": defense,
                 "seeds": sorted(r.seed for r in rs),
-                "victim_cacc": rs[0].victim_cacc,
-                "victim_asr": rs[0].victim_asr,
+                "victim_cacc": _mean([r.victim_cacc for r in rs]),
+                "victim_asr": _mean([r.victim_asr for r in rs]),
                 "student_cacc": _mean([r.student_cacc for r in rs]),
                 "student_asr": _mean([r.student_asr for r in rs]),
                 "student_cacc_std": _std([r.student_cacc for r in rs]),
@@ -419,7 +423,7 @@ def aggregate(records: Sequence[RunRecord]) -> list[dict[str, object]]:
                 "detect_precision": _mean([r.detect_precision for r in rs]),
                 "detect_recall": _mean([r.detect_recall for r in rs]),
                 "wall_s": _mean([r.wall_s for r in rs]),
-                "machine": rs[0].machine,
+                "machine": "; ".join(sorted({r.machine for r in rs})),
             }
         )
     return rows
