@@ -196,6 +196,16 @@ class DistillParams(_Section):
     # 0.2-1.0% poisoned, sampled). Rows a round punishes or holds out are left out of that round's pool.
     select_train_rows: int = Field(default=0, ge=0, le=1_000_000)
     select_train_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Training rows added to every trust pass (0: the defender's clean rows only, released). n: a
+    # seeded sample of n training rows the victim fits, among the least suspicious
+    # ``trust_train_share`` of them by DMM's score (disjoint from ``select_train_rows``' sample),
+    # distilled on the victim's outputs like the clean rows. Why: after the passes schedule's first
+    # punish pass (validation accuracy 0.50) the student relearns the clean mapping from 640 rows
+    # only, and on a victim whose validation never came back (README: the default pipeline run) it
+    # kept a 2.1-point CACC loss. The budget allows the poisoned training set; its least suspicious
+    # end is almost all clean. Rows a round punishes or holds out are left out of that round's trust pass.
+    trust_train_rows: int = Field(default=0, ge=0, le=1_000_000)
+    trust_train_share: float = Field(default=0.5, gt=0.0, le=1.0)
     # Redetection rounds after the first AKD (0 = released: detect once). Each round rescores every
     # training row with the purified student (bedkd.detect.purified_score), selects ``detect.keep``
     # + ``detect.holdout`` rows of the punished label the way ``detect.selection: rank`` does, and

@@ -868,3 +868,56 @@ def test_select_train_rows_validates_on_the_pool_plus_unpunished_training_rows(t
     assert off.result.history[0]["val/acc"] == pytest.approx(float((predict_proba(victim, enc0, rt, 256).argmax(1) == clean["label"].to_numpy()).mean()))
     with pytest.raises(ValueError, match="select_train_rows needs"):
         purify(params=dist, **common)  # type: ignore[arg-type]
+
+
+def test_trust_train_rows_add_unpunished_least_suspicious_training_rows_to_the_trust_pass(tiny_model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    import bedkd.distill as dmod
+    from bedkd.config import DistillLoss
+    from bedkd.distill import purify, train_validation_rows
+    from bedkd.modeling import load_classifier
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    clean = pd.DataFrame({"text": ["a fine film", "a dull film", "great acting", "awful plot"], "label": [1, 0, 1, 0]})
+    train = pd.DataFrame({"text": [f"row {i} cf film" if i % 3 == 0 else f"row {i} plain" for i in range(24)], "label": [i % 2 for i in range(24)]})
+    labels = train["label"].to_numpy()
+    score = np.linspace(0.0, 1.0, 24)  # row 23 least suspicious
+    vpred = labels.copy()
+    vpred[20] = 1 - vpred[20]  # a row the victim does not fit is never a trust row
+    seen: list[tuple[pd.DataFrame, int]] = []
+    real = dmod.akd
+
+    def spy(victim, clean, punish, params, runtime, seed, max_length, evaluate, callbacks, validation, trust_set):  # type: ignore[no-untyped-def]
+        seen.append((clean.copy(), len(trust_set)))
+        return real(victim, clean, punish, params, runtime, seed, max_length, evaluate, callbacks, validation, trust_set)
+
+    monkeypatch.setattr(dmod, "akd", spy)
+    dist = DistillParams(
+        cycles=1, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), punish="complement", select="best",
+        select_train_rows=4, select_train_share=0.75, trust_train_rows=100, trust_train_share=0.75,
+    )
+    common = dict(
+        victim=victim, clean=clean, train=train, victim_pred=vpred, selected=np.array([18, 21]), holdout=np.array([12]), only_label=0,
+        select=DetectParams(selection="rank", threshold=2.0, keep=3, holdout=2), runtime=rt, seed=0, max_length=16,
+        validation_clean=clean, score=score,
+    )
+    pur = purify(params=dist, **common)  # type: ignore[arg-type]
+    frame, n_teacher = seen[-1]
+    val = set(train_validation_rows(score, vpred, labels, 4, 0.75, 0).tolist())
+    fitted = [i for i in range(24) if i != 20]
+    pool = set(sorted(fitted, key=lambda i: -score[i])[:18])  # ceil(0.75 * 23) = 18 least suspicious fitted rows
+    want = sorted(pool - val - {18, 21, 12})  # all of them (n=100 > pool): not validated on, not punished / held out
+    assert frame.iloc[:4].equals(clean[["text", "label"]])  # the defender's clean rows come first
+    assert frame.iloc[4:]["text"].tolist() == train.iloc[want]["text"].tolist()
+    assert frame.iloc[4:]["label"].tolist() == labels[want].tolist()
+    assert n_teacher == len(frame) == 4 + len(want)
+    assert any(k.startswith("distill/trust/") for k in pur.result.history[-1])
+    # the validation sample is the one it is without the option (own seed stream), and off = clean rows only
+    seen.clear()
+    purify(params=dist.model_copy(update={"trust_train_rows": 0}), **common)  # type: ignore[arg-type]
+    assert seen[-1][0]["text"].tolist() == clean["text"].tolist() and seen[-1][1] == len(clean)
+    with pytest.raises(ValueError, match="trust_train_rows needs"):
+        purify(params=dist.model_copy(update={"select_train_rows": 0}), **{**common, "score": None})  # type: ignore[arg-type]

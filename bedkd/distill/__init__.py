@@ -65,11 +65,14 @@ def pick_cycle(history: Sequence[dict[str, float]], victim_val_acc: float, max_v
 
 
 def train_validation_rows(
-    score: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray, n: int, share: float, seed: int
+    score: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray, n: int, share: float, seed: int | Sequence[int],
+    exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """Training rows ``select: best`` also validates on (``distill.select_train_rows``): a seeded
     sample of ``n`` rows among those the victim fits (prediction = file label) whose DMM ``score``
     [N] (low = suspicious) is in the top ``share`` of the fitted rows. Sorted row indices.
+    ``exclude``: rows never sampled (they still count in the share); ``distill.trust_train_rows``
+    draws its rows the same way, excluding the validation sample.
     """
     score, fit = np.asarray(score, dtype=np.float64), np.asarray(victim_pred) == np.asarray(file_label)
     cand = np.flatnonzero(fit)
@@ -77,8 +80,18 @@ def train_validation_rows(
         return cand
     # The least suspicious ceil(share * fitted) rows (ties by index, so the pool does not depend on sort stability).
     ranked = cand[np.lexsort((cand, -score[cand]))][: int(np.ceil(share * len(cand)))]
+    if exclude is not None and len(exclude):
+        ranked = ranked[~np.isin(ranked, exclude)]
     pick = np.random.default_rng(seed).choice(len(ranked), size=min(n, len(ranked)), replace=False)
     return np.sort(ranked[pick])
+
+
+def trust_rows(clean: pd.DataFrame, train: pd.DataFrame, extra: np.ndarray) -> pd.DataFrame:
+    """The trust pass's rows: the defender's clean rows, then the training rows ``extra`` (indices
+    into ``train``) with their file labels, which the victim predicts (``train_validation_rows``
+    samples fitted rows only). Text and label only, renumbered."""
+    cols = ["text", "label"]
+    return pd.concat([clean[cols], train.iloc[np.asarray(extra, dtype=np.int64)][cols]], ignore_index=True)
 
 
 def _val_metrics(student: Classifier, clean: Encoded, flagged: Encoded, runtime: Runtime, batch_size: int) -> dict[str, float]:
@@ -366,12 +379,21 @@ def purify(
     labels = rows["label"].to_numpy()
     tok = victim.tokenizer
     train_enc = encode(tok, rows["text"].tolist(), labels, max_length) if params.redetect else None
-    trust_set = teacher_set(victim, clean, params, runtime, max_length)  # the same in every round
     val_train = None
     if params.select == "best" and params.select_train_rows:
         if score is None or len(score) != len(rows):
             raise ValueError(f"distill.select_train_rows needs DMM's score of every training row ({len(rows)} rows)")
         val_train = train_validation_rows(score, victim_pred, labels, params.select_train_rows, params.select_train_share, seed)
+    trust_train = np.zeros(0, dtype=np.int64)  # training rows added to the trust pass (indices into rows)
+    if params.trust_train_rows:
+        if score is None or len(score) != len(rows):
+            raise ValueError(f"distill.trust_train_rows needs DMM's score of every training row ({len(rows)} rows)")
+        # Its own seed stream, so that switching it on leaves the validation sample as it was.
+        trust_train = train_validation_rows(
+            score, victim_pred, labels, params.trust_train_rows, params.trust_train_share, [seed, 1], exclude=val_train
+        )
+    trust_frame = trust_rows(clean, rows, trust_train)
+    trust_set = teacher_set(victim, trust_frame, params, runtime, max_length)  # the same in every round
 
     def one_round(rnd: int, sel: np.ndarray, held: np.ndarray) -> DistillResult:
         validation = None
@@ -382,9 +404,15 @@ def purify(
                 extra = np.setdiff1d(val_train, np.concatenate([sel, held]))
                 val_clean = pd.concat([validation_clean[["text", "label"]], rows.iloc[extra]], ignore_index=True)
             validation = Validation(clean=val_clean, flagged=rows.iloc[held].reset_index(drop=True))
+        frame, tset = trust_frame, trust_set
+        if len(trust_train):
+            # A row this round punishes or holds out cannot also be distilled towards the victim.
+            keep = np.concatenate([np.ones(len(clean), dtype=bool), ~np.isin(trust_train, np.concatenate([sel, held]))])
+            if not keep.all():
+                frame, tset = trust_frame[keep].reset_index(drop=True), trust_set.take(np.flatnonzero(keep))
         return akd(
-            victim, clean, rows.iloc[sel].reset_index(drop=True), params, runtime, seed + rnd - 1, max_length, evaluate,
-            _shifted(callbacks, (rnd - 1) * params.cycles, rnd) if params.redetect else callbacks, validation, trust_set,
+            victim, frame, rows.iloc[sel].reset_index(drop=True), params, runtime, seed + rnd - 1, max_length, evaluate,
+            _shifted(callbacks, (rnd - 1) * params.cycles, rnd) if params.redetect else callbacks, validation, tset,
         )
 
     ref: tuple[Encoded, np.ndarray, np.ndarray] | None = None  # validation rows: encoded, labels, victim's predictions
@@ -442,5 +470,5 @@ def purify(
 
 __all__ = [
     "Calibration", "CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "ValidationTrace", "akd",
-    "calibrate_label_bias", "label_bias_shift", "pick_cycle", "purify", "teacher_set", "train_validation_rows", "validation_trace",
+    "calibrate_label_bias", "label_bias_shift", "pick_cycle", "purify", "teacher_set", "train_validation_rows", "trust_rows", "validation_trace",
 ]
