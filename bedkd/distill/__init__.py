@@ -373,7 +373,7 @@ def purify(
     ``distill.select_train_rows``, which adds least suspicious training rows to the validation, and
     with ``distill.redetect_score: mean``, which ranks redetected rows by it and the purified score.
     """
-    if "is_poisoned" in train.columns:
+    if "is_poisoned" in train.columns or "is_poisoned" in clean.columns:
         raise ValueError("distill must not see the is_poisoned column")
     rows = train[["text", "label"]].reset_index(drop=True)
     labels = rows["label"].to_numpy()
@@ -392,7 +392,7 @@ def purify(
         trust_train = train_validation_rows(
             score, victim_pred, labels, params.trust_train_rows, params.trust_train_share, [seed, 1], exclude=val_train
         )
-    trust_frame = trust_rows(clean, rows, trust_train)
+    trust_frame = trust_rows(clean, rows, trust_train) if len(trust_train) else clean  # off: the clean rows as given
     trust_set = teacher_set(victim, trust_frame, params, runtime, max_length)  # the same in every round
 
     def one_round(rnd: int, sel: np.ndarray, held: np.ndarray) -> DistillResult:
