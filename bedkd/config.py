@@ -188,6 +188,12 @@ class DistillParams(_Section):
     # pool with its true labels) is within ``max_val_drop`` of the victim's. Never test data.
     select: Literal["last", "best"] = "last"
     max_val_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+    # When no cycle comes within ``max_val_drop`` of the victim's validation accuracy. acc: keep the
+    # most accurate cycle, whatever its proxy ASR. band: pick on proxy ASR within ``max_val_drop``
+    # of the most accurate cycle. Why: the victim trained on the DMM pool (sst-2/badnets: 0.96 on
+    # it against 0.875 on test), so a student that does not memorise it never reaches that band,
+    # and ``acc`` then ignores the proxy ASR (README: the default pipeline run, research log session 48).
+    select_fallback: Literal["acc", "band"] = "acc"
     # Rows ``select: best`` validates on besides the DMM pool. 0: the pool only (160 rows on a
     # 2-label task, too few to resolve a 1-point CACC difference: README). n: also a seeded sample
     # of n training rows (file labels) among those the victim fits (prediction = file label) whose
@@ -347,6 +353,7 @@ TUNABLE = (
     "distill.punish",
     "distill.schedule",
     "distill.select",
+    "distill.select_fallback",
     "distill.redetect_keep",
     "distill.redetect_keep_max",
     "distill.redetect_score",

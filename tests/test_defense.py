@@ -310,6 +310,68 @@ def test_pick_cycle_prefers_low_proxy_within_the_accuracy_budget() -> None:
         pick_cycle([{"cycle": 1.0}], 0.9, 0.01)
 
 
+def test_band_fallback_picks_on_proxy_near_the_best_cycle_and_keeps_every_cycle_it_may_still_pick() -> None:
+    from bedkd.distill import live_cycles
+
+    # The victim memorised its validation rows (0.96): no cycle comes within 0.02 of it.
+    hist = [
+        {"cycle": 1.0, "val/acc": 0.80, "val/proxy_asr": 0.00},
+        {"cycle": 2.0, "val/acc": 0.81, "val/proxy_asr": 0.05},
+        {"cycle": 3.0, "val/acc": 0.83, "val/proxy_asr": 0.10},
+        {"cycle": 4.0, "val/acc": 0.84, "val/proxy_asr": 0.20},
+    ]
+    assert pick_cycle(hist, 0.96, 0.02) == 4  # acc: the most accurate cycle, proxy ignored
+    assert pick_cycle(hist, 0.96, 0.02, "band") == 3  # within 0.02 of 0.84: cycles 3 and 4
+    # with a cycle inside the victim's band both fallbacks are the plain rule
+    assert pick_cycle(hist, 0.845, 0.02) == pick_cycle(hist, 0.845, 0.02, "band") == 3
+    # What AKD keeps as cycles come: the floor rises with the best cycle, so the pick can move back
+    # to a cycle that was not the pick in its own cycle (2, under 1), which must have been kept.
+    live = [live_cycles(hist[:n], 0.96, 0.02, "band") for n in range(1, 5)]
+    assert live == [{1}, {1, 2}, {2, 3}, {3, 4}]
+    assert [pick_cycle(hist[:n], 0.96, 0.02, "band") for n in range(1, 5)] == [1, 1, 2, 3]
+    # a cycle at least as accurate with a lower proxy ends an earlier one for good
+    better = hist[:3] + [{"cycle": 4.0, "val/acc": 0.84, "val/proxy_asr": 0.02}]
+    assert live_cycles(better, 0.96, 0.02, "band") == {4}
+    # acc: today's pick is all it needs
+    assert [live_cycles(hist[:n], 0.96, 0.02) for n in range(1, 5)] == [{1}, {2}, {3}, {4}]
+
+
+def test_akd_with_band_fallback_returns_the_weights_of_a_cycle_that_was_not_the_pick_when_it_ran(tiny_model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    import bedkd.distill as distill
+    from bedkd.config import DistillLoss
+    from bedkd.distill import Validation, akd
+    from bedkd.modeling import encode, load_classifier, predict_proba
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    clean = pd.DataFrame({"text": [f"clean row {i} film" for i in range(8)], "label": [i % 2 for i in range(8)]})
+    flagged = pd.DataFrame({"text": [f"cf bb row {i}" for i in range(6)], "label": [1] * 6})
+    val = Validation(clean=clean.iloc[:4], flagged=flagged.iloc[:2])
+    probe = encode(victim.tokenizer, clean["text"].tolist(), clean["label"].to_numpy(), 16)
+    # Scripted validation (victim first): cycle 3 raises the floor to 0.81, which leaves cycle 2 the pick.
+    script = iter([(0.96, 1.0), (0.80, 0.00), (0.81, 0.05), (0.83, 0.10)])
+    monkeypatch.setattr(distill, "_val_metrics", lambda *a: dict(zip(("val/acc", "val/proxy_asr"), next(script))))
+    seen: list[np.ndarray] = []
+
+    def record(student):  # type: ignore[no-untyped-def]
+        seen.append(predict_proba(student, probe, rt, 8))
+        return {}
+
+    dist = DistillParams(
+        cycles=3, lr=1e-2, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), punish="complement", select="best",
+        select_fallback="band",
+    )
+    res = akd(victim, clean.iloc[4:], flagged.iloc[2:], dist, rt, 0, 16, evaluate=record, validation=val)
+    assert res.chosen_cycle == 2
+    out = predict_proba(res.student, probe, rt, 8)
+    assert np.allclose(out, seen[1], atol=1e-6) and not np.allclose(out, seen[2], atol=1e-6)
+    with pytest.raises(ValueError):
+        DistillParams(select_fallback="victim")  # type: ignore[arg-type]
+
+
 def _counted_student(victim, rt):  # type: ignore[no-untyped-def]
     """A copy of ``victim`` on ``rt``'s device, its Adam optimizer (lr 1e-3) and the list that
     grows by one per optimizer step."""

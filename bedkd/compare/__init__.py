@@ -381,11 +381,11 @@ KEY_OFF: dict[tuple[str, str], object] = {
     ("detect", "reference_quantile"): None, ("distill", "calibrate"): "none", ("distill", "punish_anchor"): "none",
     ("distill", "punish_steps"): None, ("distill", "select_train_rows"): 0, ("distill", "select_train_share"): 0.5,
     ("detect", "shift_dims"): 32, ("distill", "redetect_score"): "purified",
-    ("distill", "trust_train_rows"): 0, ("distill", "trust_train_share"): 0.5,
+    ("distill", "trust_train_rows"): 0, ("distill", "trust_train_share"): 0.5, ("distill", "select_fallback"): "acc",
 }
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
-KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "redetect_score", "schedule", "select_train_rows", "select_train_share", "trust_train_rows", "trust_train_share"})
+KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "redetect_score", "schedule", "select_fallback", "select_train_rows", "select_train_share", "trust_train_rows", "trust_train_share"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

@@ -49,19 +49,66 @@ class DistillResult:
     chosen_cycle: int = 0  # the cycle whose weights ``student`` holds
 
 
-def pick_cycle(history: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float) -> int:
+def _pick_key(h: dict[str, float]) -> tuple[float, float, float]:
+    # Lowest proxy ASR (a NaN proxy counts as 1.0), then higher val/acc, then the earlier cycle.
+    proxy = h.get("val/proxy_asr", 0.0)
+    return (proxy if proxy == proxy else 1.0, -h["val/acc"], h["cycle"])
+
+
+def _val_floor(rows: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: str) -> float | None:
+    """The lowest val/acc a cycle may have to be picked on its proxy ASR; None: no cycle is within
+    ``max_val_drop`` of the victim and ``fallback: acc`` picks on val/acc alone.
+
+    ``fallback: band``: the band moves down to ``max_val_drop`` below the best cycle's val/acc. The
+    floor never drops as cycles are added (it rises with the best val/acc, then jumps to the victim's
+    band once a cycle reaches it), which :func:`live_cycles` relies on."""
+    floor = victim_val_acc - max_val_drop - 1e-12
+    if any(h["val/acc"] >= floor for h in rows):
+        return floor
+    if fallback == "band":
+        return max(h["val/acc"] for h in rows) - max_val_drop - 1e-12
+    return None
+
+
+def pick_cycle(
+    history: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: str = "acc"
+) -> int:
     """The cycle with the lowest ``val/proxy_asr`` among cycles whose ``val/acc`` is within
-    ``max_val_drop`` of the victim's (ties: higher val/acc, then the earlier cycle); when no cycle
-    is within, the one with the best val/acc."""
+    ``max_val_drop`` of the victim's (ties: higher val/acc, then the earlier cycle). When no cycle
+    is within: ``fallback: acc``, the one with the best val/acc; ``fallback: band``, the same
+    proxy rule within ``max_val_drop`` of the best cycle's val/acc (``distill.select_fallback``)."""
     rows = [h for h in history if "val/acc" in h]
     if not rows:
         raise ValueError("no validated cycle to pick from")
-    ok = [h for h in rows if h["val/acc"] >= victim_val_acc - max_val_drop - 1e-12]
-    if ok:
-        proxy = [h.get("val/proxy_asr", 0.0) for h in ok]
-        best = min(range(len(ok)), key=lambda i: (proxy[i] if proxy[i] == proxy[i] else 1.0, -ok[i]["val/acc"], ok[i]["cycle"]))
-        return int(ok[best]["cycle"])
-    return int(max(rows, key=lambda h: (h["val/acc"], -h["cycle"]))["cycle"])
+    floor = _val_floor(rows, victim_val_acc, max_val_drop, fallback)
+    if floor is None:
+        return int(max(rows, key=lambda h: (h["val/acc"], -h["cycle"]))["cycle"])
+    return int(min((h for h in rows if h["val/acc"] >= floor), key=_pick_key)["cycle"])
+
+
+def live_cycles(
+    history: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: str = "acc"
+) -> set[int]:
+    """Cycles :func:`pick_cycle` may still return once more cycles are added: the weights AKD keeps.
+
+    ``fallback: acc`` fixes the floor at the victim's band, so today's pick stays the pick unless a
+    later cycle beats it: one cycle. ``fallback: band`` raises the floor as val/acc improves, which
+    can drop today's pick for an earlier cycle; what can still be picked is every cycle above the
+    floor that no cycle at least as accurate beats on (proxy, val/acc, cycle) (a handful: the
+    accuracy/proxy front)."""
+    rows = [h for h in history if "val/acc" in h]
+    if not rows:
+        return set()
+    pick = pick_cycle(rows, victim_val_acc, max_val_drop, fallback)
+    if fallback == "acc":
+        return {pick}
+    floor = _val_floor(rows, victim_val_acc, max_val_drop, fallback)
+    assert floor is not None
+    band = [h for h in rows if h["val/acc"] >= floor]
+    return {pick} | {
+        int(h["cycle"]) for h in band
+        if not any(o is not h and o["val/acc"] >= h["val/acc"] and _pick_key(o) < _pick_key(h) for o in band)
+    }
 
 
 def train_validation_rows(
@@ -165,8 +212,7 @@ def akd(
     student.model.to(runtime.device)
     opt = torch.optim.Adam(student.model.parameters(), lr=params.lr)
     history: list[dict[str, float]] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    best_cycle = 0
+    kept: dict[int, dict[str, torch.Tensor]] = {}  # select: best, the weights of every cycle that can still be picked
     bar = tqdm(range(1, params.cycles + 1), desc="distill cycles", disable=not runtime.progress)
     for cycle in bar:
         t0 = time.perf_counter()
@@ -198,16 +244,18 @@ def akd(
         student.model.train()
         history.append({"cycle": float(cycle), **metrics})
         emit(callbacks, Event("distill", cycle, metrics))
-        if params.select == "best" and pick_cycle(history, victim_val["val/acc"], params.max_val_drop) == cycle:
-            # Kept on the CPU: one model copy (~90 MB for MiniLM), replaced when a better cycle comes.
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in student.model.state_dict().items()}
-            best_cycle = cycle
+        if params.select == "best":
+            live = live_cycles(history, victim_val["val/acc"], params.max_val_drop, params.select_fallback)
+            # Kept on the CPU: a model copy (~90 MB for MiniLM) per cycle that can still be picked.
+            kept = {c: w for c, w in kept.items() if c in live}
+            if cycle in live:
+                kept[cycle] = {k: v.detach().to("cpu", copy=True) for k, v in student.model.state_dict().items()}
         if "dev/cacc" in metrics:
             bar.set_postfix(cacc=f"{metrics['dev/cacc']:.3f}", asr=f"{metrics.get('dev/asr', float('nan')):.3f}")
     chosen = params.cycles
-    if params.select == "best" and best_state is not None:
-        student.model.load_state_dict(best_state)
-        chosen = best_cycle
+    if params.select == "best" and history:
+        chosen = pick_cycle(history, victim_val["val/acc"], params.max_val_drop, params.select_fallback)
+        student.model.load_state_dict(kept[chosen])
     student.model.eval()
     if victim_val:
         history.insert(0, {"cycle": 0.0, **victim_val})
@@ -470,5 +518,5 @@ def purify(
 
 __all__ = [
     "Calibration", "CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "ValidationTrace", "akd",
-    "calibrate_label_bias", "label_bias_shift", "pick_cycle", "purify", "teacher_set", "train_validation_rows", "trust_rows", "validation_trace",
+    "calibrate_label_bias", "label_bias_shift", "live_cycles", "pick_cycle", "purify", "teacher_set", "train_validation_rows", "trust_rows", "validation_trace",
 ]
