@@ -893,6 +893,16 @@ def test_train_validation_rows_are_a_seeded_sample_of_the_least_suspicious_fitte
     assert len(train_validation_rows(score, vpred, 1 - vpred, n=10, share=0.5, seed=0)) == 0  # victim fits nothing
 
 
+def _purify_rows():  # type: ignore[no-untyped-def]
+    """Four defender clean rows; 24 training rows (every third with the word "cf"), labels
+    alternating; a detector score rising with the row index (row 23 least suspicious)."""
+    import pandas as pd
+
+    clean = pd.DataFrame({"text": ["a fine film", "a dull film", "great acting", "awful plot"], "label": [1, 0, 1, 0]})
+    train = pd.DataFrame({"text": [f"row {i} cf film" if i % 3 == 0 else f"row {i} plain" for i in range(24)], "label": [i % 2 for i in range(24)]})
+    return clean, train, train["label"].to_numpy(), np.linspace(0.0, 1.0, 24)
+
+
 def test_select_train_rows_validates_on_the_pool_plus_unpunished_training_rows(tiny_model) -> None:  # type: ignore[no-untyped-def]
     import pandas as pd
 
@@ -903,10 +913,7 @@ def test_select_train_rows_validates_on_the_pool_plus_unpunished_training_rows(t
 
     victim = load_classifier(str(tiny_model), 2, seed=0)
     rt = resolve_runtime()
-    clean = pd.DataFrame({"text": ["a fine film", "a dull film", "great acting", "awful plot"], "label": [1, 0, 1, 0]})
-    train = pd.DataFrame({"text": [f"row {i} cf film" if i % 3 == 0 else f"row {i} plain" for i in range(24)], "label": [i % 2 for i in range(24)]})
-    labels = train["label"].to_numpy()
-    score = np.linspace(0.0, 1.0, 24)  # row 23 least suspicious
+    clean, train, labels, score = _purify_rows()
     dist = DistillParams(
         cycles=1, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), punish="complement", select="best",
         select_train_rows=30, select_train_share=0.75,
@@ -943,10 +950,7 @@ def test_trust_train_rows_add_unpunished_least_suspicious_training_rows_to_the_t
 
     victim = load_classifier(str(tiny_model), 2, seed=0)
     rt = resolve_runtime()
-    clean = pd.DataFrame({"text": ["a fine film", "a dull film", "great acting", "awful plot"], "label": [1, 0, 1, 0]})
-    train = pd.DataFrame({"text": [f"row {i} cf film" if i % 3 == 0 else f"row {i} plain" for i in range(24)], "label": [i % 2 for i in range(24)]})
-    labels = train["label"].to_numpy()
-    score = np.linspace(0.0, 1.0, 24)  # row 23 least suspicious
+    clean, train, labels, score = _purify_rows()
     vpred = labels.copy()
     vpred[20] = 1 - vpred[20]  # a row the victim does not fit is never a trust row
     seen: list[tuple[pd.DataFrame, int]] = []
