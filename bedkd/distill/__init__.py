@@ -17,6 +17,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,8 @@ from bedkd.runtime import Runtime
 
 # Called after a cycle with the student; returns e.g. {"dev/cacc": .., "dev/asr": ..}.
 CycleEval = Callable[[Classifier], dict[str, float]]
+# distill.select_fallback: what picks the cycle when none is within max_val_drop of the victim.
+Fallback = Literal["acc", "band"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def _pick_key(h: dict[str, float]) -> tuple[float, float, float]:
     return (proxy if proxy == proxy else 1.0, -h["val/acc"], h["cycle"])
 
 
-def _val_floor(rows: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: str) -> float | None:
+def _val_floor(rows: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: Fallback) -> float | None:
     """The lowest val/acc a cycle may have to be picked on its proxy ASR; None: no cycle is within
     ``max_val_drop`` of the victim and ``fallback: acc`` picks on val/acc alone.
 
@@ -71,7 +74,7 @@ def _val_floor(rows: Sequence[dict[str, float]], victim_val_acc: float, max_val_
 
 
 def pick_cycle(
-    history: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: str = "acc"
+    history: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: Fallback = "acc"
 ) -> int:
     """The cycle with the lowest ``val/proxy_asr`` among cycles whose ``val/acc`` is within
     ``max_val_drop`` of the victim's (ties: higher val/acc, then the earlier cycle). When no cycle
@@ -87,7 +90,7 @@ def pick_cycle(
 
 
 def live_cycles(
-    history: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: str = "acc"
+    history: Sequence[dict[str, float]], victim_val_acc: float, max_val_drop: float, fallback: Fallback = "acc"
 ) -> set[int]:
     """Cycles :func:`pick_cycle` may still return once more cycles are added: the weights AKD keeps.
 
