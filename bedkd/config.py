@@ -145,11 +145,22 @@ class DetectParams(_Section):
     # Flagged rows (the next ones after the kept rows) set aside, never punished: distill
     # validates on them (share still mapped to their suspicious label = proxy ASR).
     holdout: int = Field(default=0, ge=0)
+    # What the reported score (scores.csv, selection.csv, the graded AUROC) says of a row whose file
+    # label the victim does not predict: it never learned that row, so there is nothing to unlearn
+    # and no selection ever punishes it (every rule keeps fitted rows only, whatever this says).
+    # behind: score + 1, behind every fitted row (released, params.yaml); scored: its own score
+    # against its file label (agreement: 1 - p_copy(file label); shift: its shift; the redetection:
+    # p_purified(file label)), so a poisoned row the backdoor did not take (sst-2/style: 84 of 1384)
+    # ranks as suspicious as its evidence says instead of below every clean row (README limit 2).
+    # The punished rows, the student and its CACC / ASR do not depend on it; so it is no tune knob.
+    unfitted: Literal["behind", "scored"] = "behind"
 
     @model_validator(mode="after")
     def _keep_le_scan(self) -> "DetectParams":
         if self.selection == "released" and self.keep > self.scan_size:
             raise ValueError(f"keep ({self.keep}) must be <= scan_size ({self.scan_size})")
+        if self.unfitted == "scored" and self.score == "released":
+            raise ValueError("unfitted 'scored' needs score 'agreement' or 'shift' (the released score puts no row behind)")
         if self.score == "shift" and self.rounds > 1:
             raise ValueError("score 'shift' does not read the copy, so detection rounds > 1 cannot change it: set rounds 1")
         if self.reference_quantile is not None and (self.label_filter not in ("excess", "probe") or self.selection != "rank"):

@@ -6,6 +6,8 @@ k = 1 is the detector's round, k >= 2 the redetections) and grades, per round an
 combination of the detector's round with the last redetection:
 
   - ``all``: AUROC over every training row of the score as it is (the table's ``detect_auroc``);
+  - ``all_behind``: the same with every row the victim does not fit ranked behind every fitted row
+    (``detect.unfitted: behind``'s convention, whatever the run reported; equal to ``all`` there);
   - ``label``: AUROC of the ranking selection actually orders: rows outside the punished label
     (the label of the round's selected rows) ranked behind every row of it;
   - ``fit_target``: AUROC over the fitted rows of the punished label only (no help from the label
@@ -16,9 +18,10 @@ combination of the detector's round with the last redetection:
   - ``precision`` of the first ``n_kept`` rows of that ranking (``n_kept`` = the last round's
     punish-set size), against the run's own selection.
 
-A row is "fitted" when no round pushed it behind (every score < 1: the detector and the
-redetection add 1 where the victim does not predict the file label). ``is_poisoned`` is read
-for grading only: nothing here feeds a run.
+A row is "fitted" when the victim predicts its file label: the ``victim_fits`` column, or, in
+files written before it existed (all with ``detect.unfitted: behind``), when no round pushed it
+behind (every score < 1: the detector and the redetection add 1 where the victim does not predict
+the file label). ``is_poisoned`` is read for grading only: nothing here feeds a run.
 
     python scripts/round_scores.py .cache/bedkd/compare/*.scores.parquet --out /tmp/rounds.json
 """
@@ -54,7 +57,10 @@ def grade(frame: pd.DataFrame) -> dict[str, object]:
     rounds = sorted(int(c.removeprefix("score_r")) for c in frame.columns if c.startswith("score_r"))
     scores = {k: frame[f"score_r{k}"].to_numpy() for k in rounds}
     sel = {k: frame[f"selected_r{k}"].to_numpy().astype(bool) for k in rounds}
-    fitted = np.logical_and.reduce([s < 1.0 for s in scores.values()])
+    if "victim_fits" in frame.columns:
+        fitted = frame["victim_fits"].to_numpy().astype(bool)
+    else:
+        fitted = np.logical_and.reduce([s < 1.0 for s in scores.values()])
     last = rounds[-1]
     punished = np.unique(labels[sel[last]])
     if len(punished) != 1:
@@ -70,6 +76,7 @@ def grade(frame: pd.DataFrame) -> dict[str, object]:
         m = detection_metrics(ranked, y, top)
         return {
             "all": round(auroc(s, y), 4),
+            "all_behind": round(auroc(np.where(fitted, s, 2.0 + s), y), 4),  # every score here is < 2 on unfitted rows
             "label": round(m.auroc, 4),
             "fit_target": round(auroc(s[pool], y[pool]), 4),
             "precision": round(m.precision, 4),

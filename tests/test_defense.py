@@ -54,6 +54,8 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"detect.reference_quantile": 0.1, "detect.label_filter": "probe", "detect.selection": "released"}, "detect"),
         ({"detect.score": "shift", "detect.rounds": 2}, "detect"),  # the shift score does not read the copy
         ({"detect.shift_dims": 0}, "detect.shift_dims"),
+        ({"detect.unfitted": "last"}, "detect.unfitted"),
+        ({"detect.unfitted": "scored"}, "detect"),  # the released score pushes no row behind
         ({"compare.cells": ["sst-2/badnet"]}, "compare.cells"),
         ({"compare.seeds": {"bedkd": [0, 0]}}, "compare.seeds"),
         ({"compare.seeds": {"bedkd2": [0]}}, "compare.seeds"),
@@ -90,6 +92,10 @@ def test_agreement_score_ranks_rows_the_flipped_copy_still_backs() -> None:
     np.testing.assert_allclose(score_rows("released", victim, copy, labels), mapping_score(victim, copy))
     with pytest.raises(ValueError):
         score_rows("nope", victim, copy, labels)
+    # detect.unfitted scored: every row against its file label; the same on fitted rows
+    scored = agreement_score(victim, copy, labels, "scored")
+    np.testing.assert_allclose(scored, [0.2, 0.9, 0.9, 0.95])
+    np.testing.assert_allclose(score_rows("agreement", victim, copy, labels, "scored"), scored)
 
 
 def test_rank_selection_orders_filters_and_sets_aside_a_holdout() -> None:
@@ -620,6 +626,20 @@ def test_detect_with_probe_label_filter_punishes_the_label_holding_off_content_r
     assert len(picked) == 10 and (picked["label"] == 1).all()
     with pytest.raises(ValueError, match="reference"):
         detect(victim, train, flip, params, rt, seed=0, max_length=16, victim_probs=fitted)
+    # detect.unfitted scored: an off-register row the victim does not fit (a poisoned row the
+    # backdoor did not take) is reported by its own shift score, among the most suspicious rows,
+    # instead of behind every row; every selection and summary stays the behind run's
+    fitted[60] = [0.9, 0.1]
+    behind = detect(victim, train, flip, params, rt, seed=0, max_length=16, reference=ref, victim_probs=fitted)
+    scored = detect(
+        victim, train, flip, params.model_copy(update={"unfitted": "scored"}), rt, seed=0, max_length=16, reference=ref, victim_probs=fitted
+    )
+    b, s = behind.scores["score"].to_numpy(), scored.scores["score"].to_numpy()
+    assert b[60] > 1.0 and b[0] > 1.0 and (s < 1.0).all()
+    np.testing.assert_allclose(s, np.where(fitted.argmax(1) == labels, b, b - 1.0))
+    assert s[60] < np.median(s[:60])  # suspicious by its own evidence
+    assert scored.selected.tolist() == behind.selected.tolist() and scored.holdout.tolist() == behind.holdout.tolist()
+    assert 60 not in scored.selected and scored.summary == behind.summary
 
 
 def test_shift_score_ranks_the_rows_a_label_holds_beyond_its_clean_rows() -> None:
@@ -697,6 +717,20 @@ def test_detect_with_shift_score_ranks_rows_against_the_whole_clean_budget(tiny_
     assert picked.index.min() >= 60  # the off-register rows rank first
     with pytest.raises(ValueError, match="reference"):
         detect(victim, train, flip, params, rt, seed=0, max_length=16, victim_probs=fitted)
+    # detect.unfitted scored: an off-register row the victim does not fit (a poisoned row the
+    # backdoor did not take) is reported by its own shift score, among the most suspicious rows,
+    # instead of behind every row; every selection and summary stays the behind run's
+    fitted[60] = [0.9, 0.1]
+    behind = detect(victim, train, flip, params, rt, seed=0, max_length=16, reference=ref, victim_probs=fitted)
+    scored = detect(
+        victim, train, flip, params.model_copy(update={"unfitted": "scored"}), rt, seed=0, max_length=16, reference=ref, victim_probs=fitted
+    )
+    b, s = behind.scores["score"].to_numpy(), scored.scores["score"].to_numpy()
+    assert b[60] > 1.0 and b[0] > 1.0 and (s < 1.0).all()
+    np.testing.assert_allclose(s, np.where(fitted.argmax(1) == labels, b, b - 1.0))
+    assert s[60] < np.median(s[:60])  # suspicious by its own evidence
+    assert scored.selected.tolist() == behind.selected.tolist() and scored.holdout.tolist() == behind.holdout.tolist()
+    assert 60 not in scored.selected and scored.summary == behind.summary
 
 
 def test_purified_score_flags_fitted_rows_the_purified_student_no_longer_backs() -> None:
@@ -707,6 +741,7 @@ def test_purified_score_flags_fitted_rows_the_purified_student_no_longer_backs()
     vpred = np.array([1, 1, 0, 1])  # row 3: the victim does not fit its file label
     s = purified_score(student, vpred, label)
     assert s == pytest.approx([0.1, 0.8, 0.7, 1.6])
+    assert purified_score(student, vpred, label, "scored") == pytest.approx([0.1, 0.8, 0.7, 0.6])
     # row 0 (file label 1, fitted by the victim, the purified student says 0) ranks first
     sel, _ = select_rank(s, vpred, label, threshold=0.5, keep=2, holdout=0, only_label=1)
     assert sel.tolist() == [0]
@@ -787,6 +822,19 @@ def test_redetect_reruns_akd_on_rows_the_purified_student_reselects(tiny_model) 
     assert set(np.concatenate([rm.selected, rm.holdout])[:2].tolist()) == {2, 4}  # first in the round's ranking
     with pytest.raises(ValueError, match="redetect_score=mean needs"):
         purify(params=dist_m, **common)  # type: ignore[arg-type]
+    # detect.unfitted scored: rows the victim does not fit keep their own score in the round's
+    # ranking (no + 1), and the round punishes exactly the behind round's rows
+    unfit_pred = vpred.copy()
+    unfit_pred[[2, 8]] = 1  # two label-0 rows the victim does not fit
+    unfit = (unfit_pred != vpred).astype(np.float64)
+    pushed = {**common, "victim_pred": unfit_pred, "score": first + unfit}  # the detector's behind score
+    (rb,) = purify(params=dist_m, **pushed).redetections  # type: ignore[arg-type]
+    as_scored = {**pushed, "score": first, "select": sel_params.model_copy(update={"unfitted": "scored"})}
+    (rs,) = purify(params=dist_m, **as_scored).redetections  # type: ignore[arg-type]
+    assert (rb.score[[2, 8]] > 1.0).all() and (rs.score < 1.0).all()
+    np.testing.assert_allclose(rb.score, rs.score + unfit)
+    assert rs.selected.tolist() == rb.selected.tolist() and rs.holdout.tolist() == rb.holdout.tolist() and rs.estimate == rb.estimate
+    assert not set(rs.selected.tolist()) & {2, 8}
 
 
 def test_half_precision_checkpoints_load_with_fp32_parameters(tiny_model, tmp_path) -> None:  # type: ignore[no-untyped-def]

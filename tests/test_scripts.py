@@ -161,6 +161,19 @@ def test_round_scores_grades_each_round_and_their_combinations(tmp_path: Path) -
     # the equal-weight rank mean puts row 2 (ranks 3 and 4 of 5) ahead of row 3 (4 and 3): tie -> 0.5 credit
     assert rec["rank_r1_r2_w0.5"]["fit_target"] == round(5.5 / 6, 4)
     assert rec["mean_r1_r2"]["fit_target"] == 1.0  # 0.375 < 0.5 in the score means
+    assert rec["r1"]["all_behind"] == rec["r1"]["all"]  # row 7 is behind already (+1)
+    # a detect.unfitted scored run: row 7 is a poisoned row the victim does not fit, reported by its
+    # own score (0.08); victim_fits says which rows are fitted, whatever the scores are
+    scored = frame[["label", "selected_r1"]].assign(
+        is_poisoned=[True, True, True, False, False, False, False, True], victim_fits=[True] * 7 + [False],
+        score_r1=[0.10, 0.20, 0.30, 0.60, 0.70, 0.50, 0.05, 0.08],
+    )
+    scored.to_parquet(path)
+    subprocess.run([sys.executable, "scripts/round_scores.py", str(path), "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    (rec,) = json.loads(out.read_text()).values()
+    # 4 x 4 pairs: row 6 (0.05) outranks the 4 poisoned rows; behind, row 7 also loses to rows 3-5
+    assert rec["r1"]["all"] == 0.75 and rec["r1"]["all_behind"] == round(9 / 16, 4)
+    assert rec["r1"]["fit_target"] == 1.0  # row 7 is not in the fitted pool
 
 
 def test_import_records_files_runs_by_their_run_key_and_refuses_conflicts(tmp_path: Path) -> None:

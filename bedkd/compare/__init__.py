@@ -326,9 +326,13 @@ def defend(
 
 def round_frame(rounds: Sequence[RoundScores], cell: Cell) -> pd.DataFrame:
     """The training rows' per-round scores and selections with their file label and ground truth,
-    one row per training row: ``label``, ``is_poisoned``, ``score_r<k>``, ``selected_r<k>`` (k = 1 is
-    the detector's round). Written after the run, for grading other rankings offline."""
-    cols: dict[str, np.ndarray] = {"label": cell.train["label"].to_numpy(), "is_poisoned": cell.is_poisoned}
+    one row per training row: ``label``, ``is_poisoned``, ``victim_fits`` (the victim predicts the file
+    label), ``score_r<k>``, ``selected_r<k>`` (k = 1 is the detector's round). Written after the run,
+    for grading other rankings offline."""
+    labels = cell.train["label"].to_numpy()
+    cols: dict[str, np.ndarray] = {
+        "label": labels, "is_poisoned": cell.is_poisoned, "victim_fits": cell.victim_train_probs.argmax(1) == labels,
+    }
     for k, r in enumerate(rounds, start=1):
         cols[f"score_r{k}"], cols[f"selected_r{k}"] = np.asarray(r.score, dtype=np.float64), np.asarray(r.selected, dtype=bool)
     return pd.DataFrame(cols)
@@ -382,6 +386,7 @@ KEY_OFF: dict[tuple[str, str], object] = {
     ("distill", "punish_steps"): None, ("distill", "select_train_rows"): 0, ("distill", "select_train_share"): 0.5,
     ("detect", "shift_dims"): 32, ("distill", "redetect_score"): "purified",
     ("distill", "trust_train_rows"): 0, ("distill", "trust_train_share"): 0.5, ("distill", "select_fallback"): "acc",
+    ("detect", "unfitted"): "behind",
 }
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -50,20 +51,32 @@ def mapping_score(victim_probs: np.ndarray, student_probs: np.ndarray) -> np.nda
     return np.abs(np.asarray(victim_probs) - np.asarray(student_probs)).mean(axis=1)
 
 
-def agreement_score(victim_probs: np.ndarray, student_probs: np.ndarray, file_label: np.ndarray) -> np.ndarray:
+Unfitted = Literal["behind", "scored"]
+
+
+def agreement_score(
+    victim_probs: np.ndarray, student_probs: np.ndarray, file_label: np.ndarray, unfitted: Unfitted = "behind"
+) -> np.ndarray:
     """1 - p_copy(victim's label | x), + 1 where the victim's label is not the file label. [N, k] -> [N].
 
     Low = suspicious: the flipped copy still backs the victim. Rows whose file label the victim
-    does not even fit are pushed behind every other row (poisoned rows are fitted: that is the
-    backdoor).
+    does not even fit are pushed behind every other row (a poisoned row the backdoor took is
+    fitted). ``unfitted="scored"`` (``detect.unfitted``): every row is scored against its file
+    label instead, 1 - p_copy(file label | x), which is the same on fitted rows.
     """
+    labels = np.asarray(file_label)
+    if unfitted == "scored":
+        return 1.0 - np.asarray(student_probs)[np.arange(len(labels)), labels]
     v_pred = np.asarray(victim_probs).argmax(1)
     p_agree = np.asarray(student_probs)[np.arange(len(v_pred)), v_pred]
-    return 1.0 - p_agree + (v_pred != np.asarray(file_label)).astype(np.float64)
+    return 1.0 - p_agree + (v_pred != labels).astype(np.float64)
 
 
-def purified_score(student_probs: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray) -> np.ndarray:
-    """p_purified(file label | x), + 1 where the victim does not fit the file label. [N, k] -> [N].
+def purified_score(
+    student_probs: np.ndarray, victim_pred: np.ndarray, file_label: np.ndarray, unfitted: Unfitted = "behind"
+) -> np.ndarray:
+    """p_purified(file label | x), + 1 where the victim does not fit the file label (``unfitted``
+    "behind"; "scored" leaves the + 1 out). [N, k] -> [N].
 
     Low = suspicious. The redetection score (``distill.redetect``): after AKD the student has lost
     most of the backdoor but kept the clean mapping, so on a clean row it backs the file label as
@@ -73,6 +86,8 @@ def purified_score(student_probs: np.ndarray, victim_pred: np.ndarray, file_labe
     """
     labels = np.asarray(file_label)
     p_label = np.asarray(student_probs)[np.arange(len(labels)), labels]
+    if unfitted == "scored":
+        return p_label
     return p_label + (np.asarray(victim_pred) != labels).astype(np.float64)
 
 
@@ -161,11 +176,13 @@ def shift_reference(reference: pd.DataFrame, flip_set: pd.DataFrame) -> pd.DataF
     return pd.concat(parts, ignore_index=True)
 
 
-def score_rows(kind: str, victim_probs: np.ndarray, student_probs: np.ndarray, file_label: np.ndarray) -> np.ndarray:
+def score_rows(
+    kind: str, victim_probs: np.ndarray, student_probs: np.ndarray, file_label: np.ndarray, unfitted: Unfitted = "behind"
+) -> np.ndarray:
     if kind == "released":
         return mapping_score(victim_probs, student_probs)
     if kind == "agreement":
-        return agreement_score(victim_probs, student_probs, file_label)
+        return agreement_score(victim_probs, student_probs, file_label, unfitted)
     raise ValueError(f"unknown score {kind!r}")
 
 
@@ -509,6 +526,11 @@ def detect(
         sel_set = set(selected.tolist())
         flagged = flagged_in_scan_order(score, params.threshold, seed)
         held = np.array([i for i in flagged.tolist() if i not in sel_set][: params.holdout], dtype=np.int64)
+    # Everything above selected on ``score`` (unfitted rows behind); detect.unfitted only changes
+    # what is reported and graded of the rows no rule can select.
+    reported = score
+    if params.unfitted == "scored":
+        reported = shift.train if shift is not None else score_rows(params.score, p_victim, p_student, labels, "scored")
     is_sel = np.zeros(len(train), dtype=bool)
     is_sel[selected] = True
     is_held = np.zeros(len(train), dtype=bool)
@@ -517,7 +539,7 @@ def detect(
         {
             "text": train["text"].to_numpy(),
             "label": labels,
-            "score": score,
+            "score": reported,
             "victim_pred": v_pred,
             "student_pred": s_pred,
             "selected": is_sel,

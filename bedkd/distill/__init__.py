@@ -500,7 +500,7 @@ def purify(
     for rnd in range(2, params.redetect + 2):
         assert train_enc is not None
         probs = predict_proba(res.student, train_enc, runtime, eval_batch_size)
-        pure = purified_score(probs, victim_pred, labels)
+        pure = purified_score(probs, victim_pred, labels, select.unfitted)
         keep, est = select.keep, None
         if ref is not None:
             assert only_label is not None
@@ -509,6 +509,7 @@ def purify(
             est = excess_count(pure, victim_pred, labels, ref_score, ref_pred, ref_labels, label=only_label, threshold=select.threshold)
             keep = max(1, min(est, params.redetect_keep_max))
         # [N] what this round ranks by (low = suspicious); both terms carry the +1 of unfitted rows
+        # (detect.unfitted "behind"), or neither ("scored"): select_rank reads fitted rows only
         ranked = pure if first_score is None else 0.5 * (first_score + pure)
         sel, held = select_rank(
             ranked, victim_pred, labels, threshold=select.threshold, keep=keep, holdout=select.holdout, only_label=only_label
