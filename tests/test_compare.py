@@ -132,7 +132,7 @@ def test_every_defense_runs_on_a_tiny_cell_and_resumes(tmp_path: Path, tiny_mode
     assert len(list(cached.glob("*.json"))) == 7  # 8 grid entries: bedkd-same shares bedkd seed 0's record
     for key, rounds in (("bedkd0", 2), ("released0", 1)):
         f, rec = frames[key], by[(key[:-1], 0)]
-        assert list(f.columns) == ["label", "is_poisoned"] + [c for k in range(1, rounds + 1) for c in (f"score_r{k}", f"selected_r{k}")]
+        assert list(f.columns) == ["label", "is_poisoned", "victim_fits"] + [c for k in range(1, rounds + 1) for c in (f"score_r{k}", f"selected_r{k}")]
         assert len(f) == 300 and f["is_poisoned"].any()
         m = detection_metrics(f[f"score_r{rounds}"].to_numpy(), f["is_poisoned"].to_numpy(), f[f"selected_r{rounds}"].to_numpy())
         assert m.auroc == pytest.approx(rec.detect_auroc) and m.n_kept == rec.n_kept

@@ -626,20 +626,6 @@ def test_detect_with_probe_label_filter_punishes_the_label_holding_off_content_r
     assert len(picked) == 10 and (picked["label"] == 1).all()
     with pytest.raises(ValueError, match="reference"):
         detect(victim, train, flip, params, rt, seed=0, max_length=16, victim_probs=fitted)
-    # detect.unfitted scored: an off-register row the victim does not fit (a poisoned row the
-    # backdoor did not take) is reported by its own shift score, among the most suspicious rows,
-    # instead of behind every row; every selection and summary stays the behind run's
-    fitted[60] = [0.9, 0.1]
-    behind = detect(victim, train, flip, params, rt, seed=0, max_length=16, reference=ref, victim_probs=fitted)
-    scored = detect(
-        victim, train, flip, params.model_copy(update={"unfitted": "scored"}), rt, seed=0, max_length=16, reference=ref, victim_probs=fitted
-    )
-    b, s = behind.scores["score"].to_numpy(), scored.scores["score"].to_numpy()
-    assert b[60] > 1.0 and b[0] > 1.0 and (s < 1.0).all()
-    np.testing.assert_allclose(s, np.where(fitted.argmax(1) == labels, b, b - 1.0))
-    assert s[60] < np.median(s[:60])  # suspicious by its own evidence
-    assert scored.selected.tolist() == behind.selected.tolist() and scored.holdout.tolist() == behind.holdout.tolist()
-    assert 60 not in scored.selected and scored.summary == behind.summary
 
 
 def test_shift_score_ranks_the_rows_a_label_holds_beyond_its_clean_rows() -> None:
