@@ -86,6 +86,10 @@ class DistillLoss(_Section):
     hidden_weight: float = Field(default=1.0, ge=0.0)
 
 
+# detect.unfitted: how the reported score places rows whose file label the victim does not predict.
+Unfitted = Literal["behind", "scored"]
+
+
 class DetectParams(_Section):
     """DMM. The field defaults are the released code's settings (see ``released``)."""
 
@@ -153,7 +157,7 @@ class DetectParams(_Section):
     # p_purified(file label)), so a poisoned row the backdoor did not take (sst-2/style: 84 of 1384)
     # ranks as suspicious as its evidence says instead of below every clean row (README limit 2).
     # The punished rows, the student and its CACC / ASR do not depend on it; so it is no tune knob.
-    unfitted: Literal["behind", "scored"] = "behind"
+    unfitted: Unfitted = "behind"
 
     @model_validator(mode="after")
     def _keep_le_scan(self) -> "DetectParams":

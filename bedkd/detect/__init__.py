@@ -22,13 +22,12 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from bedkd.config import DetectParams
+from bedkd.config import DetectParams, Unfitted
 from bedkd.defender import flip_labels
 from bedkd.distillation import distill_pass, with_teacher
 from bedkd.events import Callback, Event, emit
@@ -49,9 +48,6 @@ class DetectResult:
 def mapping_score(victim_probs: np.ndarray, student_probs: np.ndarray) -> np.ndarray:
     """mean_c |p_victim(c|x) - p_student(c|x)|, [N, k] x [N, k] -> [N]. Low = suspicious."""
     return np.abs(np.asarray(victim_probs) - np.asarray(student_probs)).mean(axis=1)
-
-
-Unfitted = Literal["behind", "scored"]
 
 
 def agreement_score(
