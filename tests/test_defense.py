@@ -626,6 +626,14 @@ def test_detect_with_probe_label_filter_punishes_the_label_holding_off_content_r
     assert len(picked) == 10 and (picked["label"] == 1).all()
     with pytest.raises(ValueError, match="reference"):
         detect(victim, train, flip, params, rt, seed=0, max_length=16, victim_probs=fitted)
+    # probe changes only which label is punished: where excess picks the same label, detect keeps
+    # the same rows (same score, threshold and ranking), so the rest of the run is the same run
+    exc_params = params.model_copy(update={"label_filter": "excess"})
+    exc = detect(victim, train, flip, exc_params, rt, seed=0, max_length=16, reference=ref, victim_probs=fitted)
+    assert exc.summary["detect/target_label"] == res.summary["detect/target_label"]
+    np.testing.assert_array_equal(exc.selected, res.selected)
+    np.testing.assert_array_equal(exc.holdout, res.holdout)
+    np.testing.assert_array_equal(exc.scores["score"].to_numpy(), res.scores["score"].to_numpy())
 
 
 def test_shift_score_ranks_the_rows_a_label_holds_beyond_its_clean_rows() -> None:
