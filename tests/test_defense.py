@@ -477,6 +477,9 @@ def test_anchored_punish_pass_holds_clean_rows_of_the_flagged_label(tiny_model) 
     # off (default): the punish pass logs no anchor
     res_off = akd(victim, clean, flagged, dist.model_copy(update={"punish_anchor": "none"}), rt, 0, 16)
     assert "distill/punish/anchor/loss" not in res_off.history[-1]
+    # the capped ascent term (compare variant bedkd-anchor-capped) is anchored the same way
+    capped = akd(victim, clean, flagged, dist.model_copy(update={"punish": "capped_ascent"}), rt, 0, 16)
+    assert {"distill/punish/capped_ascent", "distill/punish/anchor/loss"} <= set(capped.history[-1])
     with pytest.raises(ValueError, match="punish_anchor"):
         DistillParams(punish="complement", schedule="joint", punish_anchor="label")
     with pytest.raises(ValueError, match="punish_anchor"):
