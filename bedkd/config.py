@@ -249,6 +249,15 @@ class DistillParams(_Section):
     # score: the detector's score of the defender's validation rows is not a held-out one (the DMM
     # copy is trained on them).
     redetect_score: Literal["purified", "mean"] = "purified"
+    # Which round's student a run with redetection returns. last: the last round's (each round
+    # restarts from the victim, so a redetected punish set less precise than DMM's makes a worse
+    # student: measured on sst-2 / badnets seed 2, round 2 fell to 0.94-0.97 validation accuracy
+    # where round 1 held 0.97-0.98). all: every round's chosen student, and the victim, graded on
+    # one validation the rounds share (the defender's clean rows plus the distill.select_train_rows
+    # sample, less any row a round punished or held out; flagged: the rows some round held out and
+    # none punished), picked by the select: best rule (lowest proxy ASR within max_val_drop of the
+    # victim; ties: higher accuracy, then the later round). Needs select: best.
+    redetect_pick: Literal["last", "all"] = "last"
     # After the last AKD round, undo the punish term's pull away from the punished label on clean
     # rows. none: keep the student as AKD left it; label_bias: add to that label's output-layer bias
     # the smallest logit shift with which the student predicts the label on as many of the
@@ -281,6 +290,8 @@ class DistillParams(_Section):
                 "punish_anchor 'label' anchors the punish pass of schedule 'passes' with a bounded punish term "
                 "(complement or capped_ascent); 'joint' already pairs every punish batch with a trust batch"
             )
+        if self.redetect_pick == "all" and self.select != "best":
+            raise ValueError("redetect_pick 'all' grades every round's student on the defender's validation: it needs select 'best'")
         if self.punish_steps is not None and (self.schedule != "passes" or self.punish == "ascent"):
             raise ValueError(
                 "punish_steps budgets the punish pass of schedule 'passes' with a bounded punish term "
@@ -372,6 +383,7 @@ TUNABLE = (
     "distill.redetect_keep",
     "distill.redetect_keep_max",
     "distill.redetect_score",
+    "distill.redetect_pick",
     "distill.calibrate",
     "distill.punish_anchor",
 )

@@ -74,15 +74,20 @@ def main(argv: list[str] | None = None) -> None:
         for red in pur.redetections:
             extra = {} if red.estimate is None else {"distill/redetect/estimate": float(red.estimate)}
             tracker.log_metrics({"distill/redetect/n_selected": float(len(red.selected)), "distill/redetect/round": float(red.round), **extra})
-        tracker.log_metrics({"distill/chosen_cycle": float(res.chosen_cycle)})
+        tracker.log_metrics({"distill/chosen_cycle": float(res.chosen_cycle), "distill/chosen_round": float(res.chosen_round)})
+        for g in pur.round_grades:  # distill.redetect_pick all: the shared validation's grade per round (0 = victim)
+            tracker.log_metrics({f"distill/round_pick/{k}": v for k, v in g.items() if k != "round"}, step=int(g["round"]))
         if pur.calibration is not None:
             cal = pur.calibration
             tracker.log_metrics({
                 "distill/calibrate/shift": cal.shift, "distill/calibrate/victim_count": float(cal.victim_count),
                 "distill/calibrate/student_count": float(cal.student_count), "distill/calibrate/calibrated_count": float(cal.calibrated_count),
             })
-        # The rows the returned student was punished on: the last redetection, or DMM's own selection.
-        last = pur.redetections[-1] if pur.redetections else Redetection(round=1, score=scores["score"].to_numpy(), selected=selected, holdout=holdout)
+        # The rows the returned student was punished on: its round's redetection, or DMM's own selection.
+        last = (
+            pur.redetections[res.chosen_round - 2] if res.chosen_round > 1
+            else Redetection(round=1, score=scores["score"].to_numpy(), selected=selected, holdout=holdout)
+        )
         with atomic_dir(args.out) as tmp:
             save_classifier(res.student, tmp)
         write_json(args.cycles, res.history)

@@ -191,7 +191,7 @@ def test_run_keys_follow_what_each_defense_reads() -> None:
         {"cell": compare.cell_key(p), "victim": "victim", "defense": "bedkd",
          **{k: v for k, v in p.model_dump(mode="json").items() if k in ("seed", "evaluate")},
          "detect": {k: v for k, v in p.detect.model_dump(mode="json").items() if k not in ("reference_quantile", "shift_dims", "unfitted")},
-         "distill": {k: v for k, v in p.distill.model_dump(mode="json").items() if k not in ("calibrate", "punish_anchor", "punish_steps", "redetect_score", "select_fallback", "select_train_rows", "select_train_share", "trust_train_rows", "trust_train_share")}}
+         "distill": {k: v for k, v in p.distill.model_dump(mode="json").items() if k not in ("calibrate", "punish_anchor", "punish_steps", "redetect_pick", "redetect_score", "select_fallback", "select_train_rows", "select_train_share", "trust_train_rows", "trust_train_share")}}
     )
     assert key(p, "bedkd") == off
     assert len({key(q, "bedkd") for q in (p, calibrated, with_overrides(p, {"detect.reference_quantile": 0.2}))}) == 3
@@ -211,6 +211,8 @@ def test_run_keys_follow_what_each_defense_reads() -> None:
     assert key(banded, "bedkd") not in (key(p, "bedkd"), key(fed, "bedkd")) and key(banded, "kd") == key(p, "kd")  # kd keeps the last cycle
     scored = with_overrides(p, {"detect.unfitted": "scored"})  # same punish sets, another graded score: its own record
     assert key(scored, "bedkd") not in (key(p, "bedkd"), key(banded, "bedkd")) and key(scored, "kd") == key(p, "kd")
+    picked = with_overrides(p, {"distill.redetect_pick": "all", "distill.select": "best"})  # another returned round: its own record
+    assert key(picked, "bedkd") not in (key(with_overrides(p, {"distill.select": "best"}), "bedkd"), key(scored, "bedkd")) and key(picked, "kd") == key(p, "kd")  # kd never redetects
     # a compare.variants entry is keyed as the bedkd run of its params: equal settings share a record
     v = with_overrides(p, {"compare.variants": {**p.compare.variants, "bedkd-short": {"distill.cycles": 3}, "bedkd-same": {}}})
     assert key(v, "bedkd-short") == key(with_overrides(p, {"distill.cycles": 3}), "bedkd") != key(v, "bedkd")

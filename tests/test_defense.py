@@ -67,6 +67,8 @@ def test_repo_params_run_the_improved_mode() -> None:
         ({"compare.variants": {"x": {"distill.schedule": "joint", "distill.punish": "ascent"}}}, "compare.variants"),
         ({"compare.variants": {"x": {"detect.scor": "shift"}}}, "compare.variants"),  # a typo
         ({"compare.variants": {"x": {"detect.loss.alpha.y": 1}}}, "compare.variants"),
+        ({"distill.select": "last", "distill.redetect_pick": "all"}, "distill"),  # the round pick grades on validation
+        ({"distill.redetect_pick": "first"}, "distill.redetect_pick"),
     ],
 )
 def test_bad_switch_values_are_errors(override: dict, field: str) -> None:
@@ -1032,3 +1034,90 @@ def test_trust_train_rows_add_unpunished_least_suspicious_training_rows_to_the_t
     assert seen[-1][0]["text"].tolist() == clean["text"].tolist() and seen[-1][1] == len(clean)
     with pytest.raises(ValueError, match="trust_train_rows needs"):
         purify(params=dist.model_copy(update={"select_train_rows": 0}), **{**common, "score": None})  # type: ignore[arg-type]
+
+
+def test_pick_round_prefers_the_round_with_the_lower_shared_proxy_within_the_accuracy_budget() -> None:
+    from bedkd.distill import pick_round
+
+    victim = {"round": 0.0, "val/acc": 0.99, "val/proxy_asr": 1.0}
+    r1 = {"round": 1.0, "val/acc": 0.98, "val/proxy_asr": 0.02}
+    r2 = {"round": 2.0, "val/acc": 0.96, "val/proxy_asr": 0.0}  # cleaner on the flagged rows, but outside a 0.02 budget
+    assert pick_round([victim, r1, r2], max_val_drop=0.02) == 1
+    assert pick_round([victim, r1, r2], max_val_drop=0.05) == 2  # both within: the lower proxy
+    tie = {**r2, "val/acc": 0.98, "val/proxy_asr": 0.02}
+    assert pick_round([victim, r1, tie], max_val_drop=0.02) == 2  # a full tie keeps the last round (redetect_pick last)
+    assert pick_round([victim, r1, {**tie, "val/acc": 0.985}], max_val_drop=0.02) == 2  # same proxy: higher accuracy
+    # no round within the budget: fallback acc takes the best accuracy, band the proxy rule near it
+    low = [victim, {**r1, "val/acc": 0.90, "val/proxy_asr": 0.3}, {**r2, "val/acc": 0.89, "val/proxy_asr": 0.1}]
+    assert pick_round(low, max_val_drop=0.02) == 1
+    assert pick_round(low, max_val_drop=0.02, fallback="band") == 2
+    no_flagged = [victim, {"round": 1.0, "val/acc": 0.97}, {"round": 2.0, "val/acc": 0.98}]  # no shared flagged row
+    assert pick_round(no_flagged, max_val_drop=0.02) == 2
+    with pytest.raises(ValueError, match="round 0"):
+        pick_round([r1, r2], max_val_drop=0.02)
+
+
+def test_shared_validation_leaves_out_every_row_a_round_punished_or_held_out() -> None:
+    from bedkd.distill import shared_validation
+
+    clean, train, _, _ = _purify_rows()
+    sample = np.array([3, 5, 7, 9, 11])
+    v = shared_validation(clean, train, sample, [(np.array([0, 6]), np.array([12, 9])), (np.array([12, 2]), np.array([4, 6]))])
+    # clean: the defender's four rows + the sample less 9 (held out in round 1)
+    assert v.clean["text"].tolist() == clean["text"].tolist() + train["text"].iloc[[3, 5, 7, 11]].tolist()
+    # flagged: held out somewhere (12, 9, 4, 6), punished nowhere (12 and 6 were punished)
+    assert v.flagged["text"].tolist() == train["text"].iloc[[4, 9]].tolist()
+    assert v.flagged["label"].tolist() == [0, 1]  # file labels: what the proxy ASR counts
+    assert shared_validation(clean, train, None, [(np.array([0]), np.array([1]))]).clean.equals(clean)
+
+
+def test_redetect_pick_all_returns_the_round_the_shared_validation_prefers(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    from bedkd.config import DistillLoss
+    from bedkd.distill import _val_metrics, pick_round, purify, shared_validation, validation_trace
+    from bedkd.events import Event
+    from bedkd.modeling import encode, load_classifier, predict_proba
+    from bedkd.runtime import resolve_runtime
+
+    victim = load_classifier(str(tiny_model), 2, seed=0)
+    rt = resolve_runtime()
+    clean, train, labels, score = _purify_rows()
+    dist = DistillParams(
+        cycles=2, lr=1e-3, batch_size=4, loss=DistillLoss(alpha=0.5, hidden_weight=0.0), punish="complement", select="best",
+        redetect=1, redetect_pick="all", select_train_rows=10,
+    )
+    events: list[Event] = []
+    common = dict(
+        victim=victim, clean=clean, train=train, victim_pred=labels, selected=np.array([0, 6]), holdout=np.array([12]), only_label=0,
+        select=DetectParams(selection="rank", threshold=2.0, keep=3, holdout=2), runtime=rt, seed=0, max_length=16,
+        validation_clean=clean, score=score, callbacks=[events.append],
+    )
+    pur = purify(params=dist, **common)  # type: ignore[arg-type]
+    (red,) = pur.redetections
+    assert [g["round"] for g in pur.round_grades] == [0.0, 1.0, 2.0]
+    assert all("val/proxy_asr" in g for g in pur.round_grades)  # round 1's held-out row 12 is shared unless round 2 punished it
+    chosen = pur.result.chosen_round
+    assert chosen == pick_round(pur.round_grades, dist.max_val_drop) and chosen in (1, 2)
+    # the grades are the shared validation's: regrade the victim on it by hand
+    from bedkd.distill import train_validation_rows
+
+    sample = train_validation_rows(score, labels, labels, 10, 0.5, 0)
+    shared = shared_validation(clean, train, sample, [(np.array([0, 6]), np.array([12])), (red.selected, red.holdout)])
+    enc_c = encode(victim.tokenizer, shared.clean["text"].tolist(), shared.clean["label"].to_numpy(), 16)
+    enc_f = encode(victim.tokenizer, shared.flagged["text"].tolist(), shared.flagged["label"].to_numpy(), 16)
+    assert pur.round_grades[0] == pytest.approx({"round": 0.0, **_val_metrics(victim, enc_c, enc_f, rt, 256)})
+    # the returned student is that round's: its grade on the shared rows is the chosen round's
+    assert _val_metrics(pur.result.student, enc_c, enc_f, rt, 256) == pytest.approx(
+        {k: v for k, v in pur.round_grades[chosen].items() if k != "round"}
+    )
+    tr = validation_trace(pur.result.history, pur.result.chosen_cycle, chosen)
+    assert tr is not None and tr.acc == next(
+        h["val/acc"] for h in pur.result.history if h["round"] == chosen and h["cycle"] == pur.result.chosen_cycle
+    )
+    assert events[-1].metrics == {"distill/chosen_round": float(chosen)}
+    # last (the default): the last round's student, same rounds, no grades
+    last = purify(params=dist.model_copy(update={"redetect_pick": "last"}), **common)  # type: ignore[arg-type]
+    assert last.result.chosen_round == 2 and last.round_grades == []
+    assert last.redetections[0].selected.tolist() == red.selected.tolist()
+    enc_t = encode(victim.tokenizer, train["text"].tolist(), labels, 16)
+    if chosen == 2:  # the same seeded rounds: the same student either way
+        np.testing.assert_allclose(predict_proba(pur.result.student, enc_t, rt, 256), predict_proba(last.result.student, enc_t, rt, 256), atol=1e-5)

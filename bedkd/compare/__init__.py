@@ -81,7 +81,7 @@ def defense_params(params: Params, defense: str, seed: int) -> Params:
     if defense == "released":
         return released(p)
     if defense == "kd":
-        return with_overrides(p, {"distill.punish_weight": 0.0, "distill.select": "last"})
+        return with_overrides(p, {"distill.punish_weight": 0.0, "distill.select": "last", "distill.redetect_pick": "last"})
     if defense in params.compare.variants:
         return with_overrides(p, params.compare.variants[defense], where=f"compare.variants.{defense}")
     if defense != "bedkd" and defense not in ("clean", "finetune"):
@@ -154,6 +154,9 @@ class RunRecord:
     val_history: list[dict[str, float]] | None = None
     # distill.calibrate label_bias: the logit shift added to the punished label (None: option off).
     calibration_shift: float | None = None
+    # With distill.redetect: the AKD round the student comes from (1 = DMM's selection); the detect_*
+    # fields grade that round's selection. None: no redetection, or a record from before the field.
+    chosen_round: int | None = None
 
 
 @dataclass
@@ -254,6 +257,7 @@ class Defended:
     validation: ValidationTrace | None = None
     calibration: Calibration | None = None
     rounds: tuple[RoundScores, ...] = ()  # one per selection round: the detector's, then each redetection's
+    chosen_round: int | None = None  # with distill.redetect: the AKD round the student comes from
 
     @property
     def dmm_score(self) -> np.ndarray | None:
@@ -312,15 +316,16 @@ def defend(
         evaluate=evaluate, eval_batch_size=p.evaluate.batch_size, score=scores["score"].to_numpy(),
     )
     if pur.redetections:
-        last = pur.redetections[-1]
-        m2 = detection_metrics(last.score, cell.is_poisoned, last.mask(last.selected))
         rounds += [RoundScores(score=r.score, selected=r.mask(r.selected)) for r in pur.redetections]
-        dmm_auroc, det_auroc, det_prec, det_rec, n_kept = det_auroc, m2.auroc, m2.precision, m2.recall, m2.n_kept
+        if pur.result.chosen_round > 1:  # graded: the selection the returned student was punished on
+            kept = pur.redetections[pur.result.chosen_round - 2]
+            m2 = detection_metrics(kept.score, cell.is_poisoned, kept.mask(kept.selected))
+            dmm_auroc, det_auroc, det_prec, det_rec, n_kept = det_auroc, m2.auroc, m2.precision, m2.recall, m2.n_kept
     return Defended(
         student=pur.result.student, wall_s=time.perf_counter() - t0, detect_auroc=det_auroc, detect_precision=det_prec,
         detect_recall=det_rec, n_kept=n_kept, chosen_cycle=pur.result.chosen_cycle, punished_label=punished,
-        dmm_auroc=dmm_auroc, validation=validation_trace(pur.result.history, pur.result.chosen_cycle), calibration=pur.calibration,
-        rounds=tuple(rounds),
+        dmm_auroc=dmm_auroc, validation=validation_trace(pur.result.history, pur.result.chosen_cycle, pur.result.chosen_round),
+        calibration=pur.calibration, rounds=tuple(rounds), chosen_round=pur.result.chosen_round if pur.redetections else None,
     )
 
 
@@ -356,6 +361,7 @@ def run_defense(
         chosen_cycle=d.chosen_cycle, wall_s=d.wall_s, machine=machine, punished_label=d.punished_label, dmm_auroc=d.dmm_auroc,
         victim_val_acc=None if val is None else val.victim_acc, val_acc=None if val is None else val.acc,
         val_history=None if val is None else val.history, calibration_shift=None if d.calibration is None else d.calibration.shift,
+        chosen_round=d.chosen_round,
     )
 
 
@@ -386,11 +392,11 @@ KEY_OFF: dict[tuple[str, str], object] = {
     ("distill", "punish_steps"): None, ("distill", "select_train_rows"): 0, ("distill", "select_train_share"): 0.5,
     ("detect", "shift_dims"): 32, ("distill", "redetect_score"): "purified",
     ("distill", "trust_train_rows"): 0, ("distill", "trust_train_share"): 0.5, ("distill", "select_fallback"): "acc",
-    ("detect", "unfitted"): "behind",
+    ("detect", "unfitted"): "behind", ("distill", "redetect_pick"): "last",
 }
 
 # Distill fields a ``kd`` run never reads (its punish weight is 0 and it keeps the last cycle).
-KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "redetect_score", "schedule", "select_fallback", "select_train_rows", "select_train_share", "trust_train_rows", "trust_train_share"})
+KD_UNUSED = frozenset({"calibrate", "punish", "punish_anchor", "punish_cap", "punish_steps", "max_val_drop", "redetect", "redetect_keep", "redetect_keep_max", "redetect_pick", "redetect_score", "schedule", "select_fallback", "select_train_rows", "select_train_share", "trust_train_rows", "trust_train_share"})
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:

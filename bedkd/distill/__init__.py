@@ -50,6 +50,7 @@ class DistillResult:
     student: Classifier
     history: list[dict[str, float]] = field(default_factory=list)
     chosen_cycle: int = 0  # the cycle whose weights ``student`` holds
+    chosen_round: int = 1  # purify: the AKD round ``student`` comes from (distill.redetect_pick)
 
 
 def _pick_key(h: dict[str, float]) -> tuple[float, float, float]:
@@ -274,13 +275,14 @@ class ValidationTrace:
     history: list[dict[str, float]]  # per validated cycle: round, cycle, val/acc (, val/proxy_asr)
 
 
-def validation_trace(history: Sequence[dict[str, float]], chosen_cycle: int) -> ValidationTrace | None:
+def validation_trace(history: Sequence[dict[str, float]], chosen_cycle: int, chosen_round: int | None = None) -> ValidationTrace | None:
     """The validation rows of an ``akd``/``purify`` history; None when it was run without validation.
-    Rounds (``purify``) are told apart by their ``round`` key; the student is from the last one."""
+    Rounds (``purify``) are told apart by their ``round`` key; the student is from ``chosen_round``
+    (None: the last one)."""
     rows = [h for h in history if "val/acc" in h]
     if not rows:
         return None
-    last = max(h.get("round", 1.0) for h in rows)
+    last = max(h.get("round", 1.0) for h in rows) if chosen_round is None else float(chosen_round)
     in_last = {int(h["cycle"]): h["val/acc"] for h in rows if h.get("round", 1.0) == last}
     if 0 not in in_last or chosen_cycle not in in_last:
         raise ValueError(f"history has no validation for the victim (cycle 0) or the chosen cycle {chosen_cycle}")
@@ -381,9 +383,55 @@ def calibrate_label_bias(
 
 @dataclass(frozen=True)
 class PurifyResult:
-    result: DistillResult  # the last round: its student; history of all rounds ("round" key)
+    result: DistillResult  # the returned round (chosen_round): its student; history of all rounds ("round" key)
     redetections: list[Redetection] = field(default_factory=list)
     calibration: Calibration | None = None  # distill.calibrate: label_bias
+    # distill.redetect_pick all: the shared validation's grade of the victim (round 0) and of each
+    # round's chosen student: round, val/acc, val/proxy_asr (where some flagged row is shared).
+    round_grades: list[dict[str, float]] = field(default_factory=list)
+
+
+def pick_round(grades: Sequence[dict[str, float]], max_val_drop: float, fallback: Fallback = "acc") -> int:
+    """The round ``distill.redetect_pick: all`` returns: the :func:`pick_cycle` rule over rounds.
+
+    ``grades``: round 0 the victim, then one row per AKD round (round, val/acc, val/proxy_asr), all
+    graded on the same rows. Lowest proxy ASR among rounds within ``max_val_drop`` of the victim's
+    val/acc; ties: higher val/acc, then the later round (the ``last`` pick where nothing tells the
+    rounds apart). None within: ``fallback: acc``, the best val/acc; ``band``, the proxy rule within
+    ``max_val_drop`` of the best round's val/acc."""
+    victim = next((g for g in grades if int(g["round"]) == 0), None)
+    rows = [g for g in grades if int(g["round"]) > 0]
+    if victim is None or not rows:
+        raise ValueError("pick_round needs the victim's grade (round 0) and at least one round's")
+    floor = _val_floor(rows, victim["val/acc"], max_val_drop, fallback)
+    if floor is None:
+        return int(max(rows, key=lambda g: (g["val/acc"], g["round"]))["round"])
+    best = min(
+        (g for g in rows if g["val/acc"] >= floor),
+        key=lambda g: (_pick_key({**g, "cycle": 0.0})[:2], -g["round"]),
+    )
+    return int(best["round"])
+
+
+def shared_validation(
+    validation_clean: pd.DataFrame, rows: pd.DataFrame, val_train: np.ndarray | None,
+    selections: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> Validation:
+    """One validation every round can be graded on (``distill.redetect_pick: all``).
+
+    ``rows``: the training rows (text, label); ``val_train``: the ``distill.select_train_rows``
+    sample (indices into ``rows``) or None; ``selections``: each round's (punished, held-out) row
+    indices. Clean: the defender's validation rows plus the training sample less every row some round
+    punished or held out (no round graded on a row it was told is suspicious); flagged: the rows some
+    round held out and no round punished (a student punished on a row would grade itself on it)."""
+    punished = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s, _ in selections]))
+    held = np.unique(np.concatenate([np.asarray(h, dtype=np.int64) for _, h in selections]))
+    clean = validation_clean[["text", "label"]].reset_index(drop=True)
+    if val_train is not None and len(val_train):
+        extra = np.setdiff1d(val_train, np.concatenate([punished, held]))
+        clean = pd.concat([clean, rows.iloc[extra][["text", "label"]]], ignore_index=True)
+    flagged = rows.iloc[np.setdiff1d(held, punished)][["text", "label"]].reset_index(drop=True)
+    return Validation(clean=clean, flagged=flagged)
 
 
 def _shifted(callbacks: Sequence[Callback], offset: int, rnd: int) -> list[Callback]:
@@ -477,7 +525,7 @@ def purify(
     if params.calibrate == "label_bias" and (validation_clean is None or only_label is None):
         raise ValueError("distill.calibrate=label_bias needs the defender's validation rows and a punished label (detect.label_filter)")
 
-    def finish(result: DistillResult, redetections: list[Redetection]) -> PurifyResult:
+    def finish(result: DistillResult, redetections: list[Redetection], grades: list[dict[str, float]] | None = None) -> PurifyResult:
         cal = None
         if params.calibrate == "label_bias":
             assert validation_clean is not None and only_label is not None
@@ -485,11 +533,12 @@ def purify(
                 result.student, victim, validation_clean, only_label, runtime, max_length, eval_batch_size,
                 victim_pred=None if ref is None else ref[2],  # redetect_keep=excess already ran the victim on these rows
             )
-        return PurifyResult(result=result, redetections=redetections, calibration=cal)
+        return PurifyResult(result=result, redetections=redetections, calibration=cal, round_grades=grades or [])
 
     res = one_round(1, np.asarray(selected), np.asarray(holdout))
     if not params.redetect:
         return finish(res, [])
+    results, selections = [res], [(np.asarray(selected), np.asarray(holdout))]
     history = [{**h, "round": 1.0} for h in res.history]
     first_score = None
     if params.redetect_score == "mean":
@@ -517,10 +566,25 @@ def purify(
         redetections.append(Redetection(round=rnd, score=ranked, selected=sel, holdout=held, estimate=est))
         res = one_round(rnd, sel, held)
         history += [{**h, "round": float(rnd)} for h in res.history]
-    return finish(DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle), redetections)
+        results.append(res)
+        selections.append((sel, held))
+    grades: list[dict[str, float]] = []
+    chosen_round = len(results)
+    if params.redetect_pick == "all":
+        assert validation_clean is not None  # select: best, checked by DistillParams and akd
+        shared = shared_validation(validation_clean, rows, val_train, selections)
+        enc_clean = encode(tok, shared.clean["text"].tolist(), shared.clean["label"].to_numpy(), max_length)
+        enc_flagged = encode(tok, shared.flagged["text"].tolist(), shared.flagged["label"].to_numpy(), max_length)
+        for rnd, model in enumerate([victim] + [r.student for r in results]):
+            grades.append({"round": float(rnd), **_val_metrics(model, enc_clean, enc_flagged, runtime, eval_batch_size)})
+        chosen_round = pick_round(grades, params.max_val_drop, params.select_fallback)
+        res = results[chosen_round - 1]
+        emit(callbacks, Event("distill", len(results) * params.cycles, {"distill/chosen_round": float(chosen_round)}))
+    out = DistillResult(student=res.student, history=history, chosen_cycle=res.chosen_cycle, chosen_round=chosen_round)
+    return finish(out, redetections, grades)
 
 
 __all__ = [
     "Calibration", "CycleEval", "DistillResult", "PurifyResult", "Redetection", "Validation", "ValidationTrace", "akd",
-    "calibrate_label_bias", "label_bias_shift", "live_cycles", "pick_cycle", "purify", "teacher_set", "train_validation_rows", "trust_rows", "validation_trace",
+    "calibrate_label_bias", "label_bias_shift", "live_cycles", "pick_cycle", "pick_round", "purify", "shared_validation", "teacher_set", "train_validation_rows", "trust_rows", "validation_trace",
 ]
