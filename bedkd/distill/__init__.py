@@ -403,14 +403,9 @@ def pick_round(grades: Sequence[dict[str, float]], max_val_drop: float, fallback
     rows = [g for g in grades if int(g["round"]) > 0]
     if victim is None or not rows:
         raise ValueError("pick_round needs the victim's grade (round 0) and at least one round's")
-    floor = _val_floor(rows, victim["val/acc"], max_val_drop, fallback)
-    if floor is None:
-        return int(max(rows, key=lambda g: (g["val/acc"], g["round"]))["round"])
-    best = min(
-        (g for g in rows if g["val/acc"] >= floor),
-        key=lambda g: (_pick_key({**g, "cycle": 0.0})[:2], -g["round"]),
-    )
-    return int(best["round"])
+    # pick_cycle breaks its last tie towards the earlier cycle: number the rounds -1, -2, .. so it
+    # breaks them towards the later round.
+    return -pick_cycle([{**g, "cycle": -g["round"]} for g in rows], victim["val/acc"], max_val_drop, fallback)
 
 
 def shared_validation(
